@@ -1,0 +1,75 @@
+"""The checked layer list: the exporter's float view of an MLP.
+
+Every source (a PyTorch module, a state dict with its architecture, later ONNX)
+is reduced to a list of FloatLayer before anything is quantized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SUPPORTED = "Linear (with or without bias), ReLU, Identity, Dropout, Flatten"
+
+
+class ExportError(ValueError):
+    """A model the exporter cannot take; the message says which layer and why."""
+
+
+@dataclass
+class FloatLayer:
+    """y = act(W x + b) in float64; b is None for a Linear built with bias=False."""
+
+    weight: np.ndarray  # [n_out, n_in]
+    bias: np.ndarray | None  # [n_out] or None
+    act: str = "none"  # "none" or "relu"
+    name: str = ""
+    bias_note: str = ""  # why a layer without bias in the source got one (folding)
+
+    @property
+    def n_in(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def n_out(self) -> int:
+        return int(self.weight.shape[0])
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = x @ self.weight.T
+        if self.bias is not None:
+            y = y + self.bias
+        return np.maximum(y, 0.0) if self.act == "relu" else y
+
+
+def forward(layers: list[FloatLayer], x: np.ndarray) -> np.ndarray:
+    """Float64 forward pass of a layer list."""
+    for layer in layers:
+        x = layer.forward(x)
+    return x
+
+
+def check(layers: list[FloatLayer]) -> list[FloatLayer]:
+    """Check shapes chain and values are finite; returns the list unchanged."""
+    if not layers:
+        raise ExportError("the model has no Linear layer")
+    for i, layer in enumerate(layers):
+        where = f"layer {i} ({layer.name or 'Linear'})"
+        if layer.weight.ndim != 2:
+            raise ExportError(f"{where}: weight has shape {layer.weight.shape}, expected 2-D")
+        if layer.bias is not None and layer.bias.shape != (layer.n_out,):
+            raise ExportError(
+                f"{where}: bias has shape {layer.bias.shape}, expected ({layer.n_out},)"
+            )
+        if not np.all(np.isfinite(layer.weight)) or (
+            layer.bias is not None and not np.all(np.isfinite(layer.bias))
+        ):
+            raise ExportError(f"{where}: weights contain NaN or infinity")
+        if i and layers[i - 1].n_out != layer.n_in:
+            raise ExportError(
+                f"{where}: takes {layer.n_in} inputs but the layer before gives "
+                f"{layers[i - 1].n_out}"
+            )
+        if layer.n_in > 65535 or layer.n_out > 65535:
+            raise ExportError(f"{where}: widths above 65535 do not fit the model file")
+    return layers

