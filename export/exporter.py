@@ -23,7 +23,7 @@ class ExportResult:
 
     @property
     def error_bound(self) -> float:
-        return float(self.model.meta["error_bound"])
+        return float(self.model.error_bound)
 
 
 def load_calibration(path: str | Path) -> np.ndarray:
@@ -53,7 +53,9 @@ def quantize_layers(
     return quantize(layers, calib, opts)
 
 
-def write(model: QuantModel, out_dir: str | Path, name: str = "model", mpy: bool = True) -> dict[str, Path]:
+def write(
+    model: QuantModel, out_dir: str | Path, name: str = "model", mpy: bool = True
+) -> dict[str, Path]:
     """Write name.mlp, name_mlp.py and (with mpy-cross) name_mlp.mpy into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

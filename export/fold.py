@@ -32,7 +32,9 @@ def fold_input_affine(
     return FloatLayer(w, bias, first.act, first.name, bias_note)
 
 
-def fold_normalization(layers: list[FloatLayer], mean: np.ndarray, std: np.ndarray) -> list[FloatLayer]:
+def fold_normalization(
+    layers: list[FloatLayer], mean: np.ndarray, std: np.ndarray
+) -> list[FloatLayer]:
     """Fold x_norm = (x - mean) / std into the first layer, so it takes raw x."""
     std = np.asarray(std, dtype=np.float64)
     if np.any(std <= 0):

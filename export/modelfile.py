@@ -17,11 +17,11 @@ from .qmodel import ACT_NAMES, SMALL_INT, QuantLayer, QuantModel
 
 MAGIC = b"MMLP"
 VERSION = 1
-HEADER_SIZE = 32
-LAYER_HEADER_SIZE = 32
+HEADER_SIZE = 40
+LAYER_HEADER_SIZE = 36
 FLAG_BIAS = 1
-_HEADER = struct.Struct("<4sHHIHHHHiif")
-_LAYER = struct.Struct("<IHHBBBBiiIff")
+_HEADER = struct.Struct("<4sHHIHHHHiiffI")
+_LAYER = struct.Struct("<IHHBBBBiiIfff")
 assert _HEADER.size == HEADER_SIZE and _LAYER.size == LAYER_HEADER_SIZE
 
 
@@ -57,8 +57,19 @@ def to_bytes(model: QuantModel) -> bytes:
         flags = FLAG_BIAS if layer.has_bias else 0
         size = layer_size(layer.n_in, layer.n_out, layer.w_bits, layer.has_bias)
         body += _LAYER.pack(
-            size, layer.n_in, layer.n_out, layer.w_bits, flags, layer.act, 0,
-            layer.lo, layer.hi, layer.acc_bound, layer.in_scale, layer.out_scale,
+            size,
+            layer.n_in,
+            layer.n_out,
+            layer.w_bits,
+            flags,
+            layer.act,
+            0,
+            layer.lo,
+            layer.hi,
+            layer.acc_bound,
+            layer.in_scale,
+            layer.out_scale,
+            layer.error_bound,
         )
         body += _pad(layer.w.astype(wtype).tobytes())
         if layer.has_bias:
@@ -69,8 +80,19 @@ def to_bytes(model: QuantModel) -> bytes:
         assert len(body) - start == size, (len(body) - start, size)
     fsize = HEADER_SIZE + len(body) + 4
     head = _HEADER.pack(
-        MAGIC, VERSION, HEADER_SIZE, fsize, len(model.layers), model.n_inputs,
-        model.n_outputs, model.max_width, model.in_lo, model.in_hi, model.out_scale,
+        MAGIC,
+        VERSION,
+        HEADER_SIZE,
+        fsize,
+        len(model.layers),
+        model.n_inputs,
+        model.n_outputs,
+        model.max_width,
+        model.in_lo,
+        model.in_hi,
+        model.out_scale,
+        model.error_bound,
+        0,
     )
     data = head + bytes(body)
     return data + struct.pack("<I", zlib.crc32(data))
@@ -109,8 +131,8 @@ class _Cursor:
 
 def _read_layer(cur: _Cursor, index: int, n_in_expected: int) -> QuantLayer:
     at = cur.pos
-    (size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound, in_scale, out_scale) = _LAYER.unpack(
-        cur.take(LAYER_HEADER_SIZE, f"layer {index} header")
+    (size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound, in_scale, out_scale, err) = (
+        _LAYER.unpack(cur.take(LAYER_HEADER_SIZE, f"layer {index} header"))
     )
 
     def bad(msg: str) -> ModelFileError:
@@ -146,8 +168,19 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int) -> QuantLayer:
         if m < 1 or s > 30 or bound * m + rnd >= SMALL_INT:
             raise bad(f"requantizer of channel {o} (mult {m}, shift {s}) can reach 2**30")
     return QuantLayer(
-        w=w, b=b, mult=mult, shift=shift, lo=lo, hi=hi, act=act, acc_bound=bound,
-        in_scale=in_scale, out_scale=out_scale, w_scale=w_scale, w_bits=w_bits,
+        w=w,
+        b=b,
+        mult=mult,
+        shift=shift,
+        lo=lo,
+        hi=hi,
+        act=act,
+        acc_bound=bound,
+        in_scale=in_scale,
+        out_scale=out_scale,
+        w_scale=w_scale,
+        w_bits=w_bits,
+        error_bound=err,
     )
 
 
@@ -155,8 +188,21 @@ def from_bytes(data: bytes) -> QuantModel:
     """Parse and check a model file's bytes (raises ModelFileError)."""
     cur = _Cursor(bytes(data))
     head = cur.take(HEADER_SIZE, "header")
-    (magic, version, hsize, fsize, n_layers, n_inputs, n_outputs, _width, in_lo, in_hi,
-     _out_scale) = _HEADER.unpack(head)
+    (
+        magic,
+        version,
+        hsize,
+        fsize,
+        n_layers,
+        n_inputs,
+        n_outputs,
+        _width,
+        in_lo,
+        in_hi,
+        _out_scale,
+        error_bound,
+        _reserved,
+    ) = _HEADER.unpack(head)
     if magic != MAGIC:
         raise ModelFileError(f"offset 0: bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
@@ -189,7 +235,14 @@ def from_bytes(data: bytes) -> QuantModel:
         raise ModelFileError(f"offset 8: size field is {fsize}, model ends at {at + 4}")
     if cur.pos != len(cur.data):
         raise ModelFileError(f"offset {at + 4}: unexpected data after the CRC")
-    model = QuantModel(layers=layers, in_scale=in_scale, in_zero=in_zero, in_lo=in_lo, in_hi=in_hi)
+    model = QuantModel(
+        layers=layers,
+        in_scale=in_scale,
+        in_zero=in_zero,
+        in_lo=in_lo,
+        in_hi=in_hi,
+        error_bound=error_bound,
+    )
     check_bounds(model)
     return model
 

@@ -37,6 +37,7 @@ class QuantLayer:
     out_scale: float
     w_scale: np.ndarray  # float32 [n_out]: real weight = w * w_scale
     w_bits: int = 8
+    error_bound: float = 0.0  # worst |dequantized output - float output| of this layer
 
     @property
     def n_in(self) -> int:
@@ -68,6 +69,7 @@ class QuantModel:
     in_zero: np.ndarray  # int32 [n_inputs]
     in_lo: int
     in_hi: int
+    error_bound: float = 0.0  # worst |dequantized output - float| (non-saturating inputs)
     meta: dict = field(default_factory=dict)  # exporter facts (not stored in the file)
 
     @property

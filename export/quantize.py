@@ -34,7 +34,9 @@ def _round(x: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(x, dtype=np.float64) + 0.5)
 
 
-def quantize_inputs(x: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray]:
+def quantize_inputs(
+    x: np.ndarray, bits: int
+) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray]:
     """Per-feature input quantization from calibration data x [n, n_in].
 
     Integer-valued data that fits the range is kept exact (scale 1, zero 0).
@@ -78,8 +80,11 @@ def quantize(
 ) -> QuantModel:
     """Quantize a checked float layer list using calibration inputs calib [n, n_in]."""
     opts = opts or QuantOptions()
-    for name, bits in (("weight", opts.weight_bits), ("activation", opts.act_bits),
-                       ("output", opts.out_bits)):
+    for name, bits in (
+        ("weight", opts.weight_bits),
+        ("activation", opts.act_bits),
+        ("output", opts.out_bits),
+    ):
         if bits not in (8, 16) and not (name == "output" and 2 <= bits <= 16):
             raise ExportError(f"{name} bits must be 8 or 16, got {bits}")
     layers = check(list(layers))
@@ -151,28 +156,49 @@ def quantize(
         acc_max = np.abs(w_q).sum(axis=1) * x_max + (np.abs(b_q) if b_q is not None else 0)
         e += acc_max * np.abs(mult / np.exp2(shift) - m_real) * s_y
         e += 0.5 * s_y
-        errors.append(float(e.max()))
+        # PyTorch computes in float32: allow its own rounding, (n+2) * 2**-24 relative.
+        e += (
+            (layer.n_in + 2)
+            * 2.0**-24
+            * (
+                np.abs(layer.weight).sum(axis=1) * x_abs
+                + (np.abs(layer.bias) if layer.bias is not None else 0)
+            )
+        )
+        errors.append(float(np.float32(e.max()) * np.float32(1 + 2**-20)))
 
-        qlayers.append(QuantLayer(
-            w=w_q.astype(np.int8 if opts.weight_bits == 8 else np.int16),
-            b=None if b_q is None else b_q.astype(np.int32),
-            mult=mult.astype(np.int32), shift=shift.astype(np.uint8),
-            lo=lo, hi=hi, act=ACT_RELU if relu else ACT_NONE, acc_bound=bound,
-            in_scale=s_x, out_scale=s_y, w_scale=s_w.astype(np.float32),
-            w_bits=opts.weight_bits,
-        ))
+        qlayers.append(
+            QuantLayer(
+                w=w_q.astype(np.int8 if opts.weight_bits == 8 else np.int16),
+                b=None if b_q is None else b_q.astype(np.int32),
+                mult=mult.astype(np.int32),
+                shift=shift.astype(np.uint8),
+                lo=lo,
+                hi=hi,
+                act=ACT_RELU if relu else ACT_NONE,
+                acc_bound=bound,
+                in_scale=s_x,
+                out_scale=s_y,
+                w_scale=s_w.astype(np.float32),
+                w_bits=opts.weight_bits,
+                error_bound=errors[-1],
+            )
+        )
         s_x, x_max, err_in = s_y, max(abs(lo), abs(hi)), e
 
     meta = {
-        "error_bound": errors[-1],
-        "layer_error_bounds": errors,
         "float_layers": flayers,
         "source_layers": layers,
         "bias_notes": [layer.bias_note for layer in flayers],
     }
     return QuantModel(
-        layers=qlayers, in_scale=in_scale.astype(np.float32), in_zero=in_zero.astype(np.int32),
-        in_lo=in_lo, in_hi=in_hi, meta=meta,
+        layers=qlayers,
+        in_scale=in_scale.astype(np.float32),
+        in_zero=in_zero.astype(np.int32),
+        in_lo=in_lo,
+        in_hi=in_hi,
+        error_bound=errors[-1],
+        meta=meta,
     )
 
 

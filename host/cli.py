@@ -1,0 +1,293 @@
+"""micromlp: train an MLP, export it to fixed point, run and verify it on MicroPython.
+
+Commands:
+  train     train a Linear/ReLU MLP on a bundled dataset (writes model.pt + model.npz)
+  export    quantize a checkpoint to model.mlp, model_mlp.py and model_mlp.mpy
+  inspect   print the layer table stored in a .mlp file
+  run       run a .mlp on inputs with the reference or on a MicroPython VM
+  verify    PyTorch vs reference vs every VM: bit-exactness, accuracy, error bound
+  demo      train -> export -> verify on a bundled dataset (the README's main job)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+PROG = "micromlp"
+
+
+class CLIError(Exception):
+    """A user-facing failure: printed as 'micromlp: message', exit status 2."""
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 32,16, got {text!r}") from None
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError("hidden sizes must be positive")
+    return sizes
+
+
+def _vm_list(text: str) -> tuple[str, ...]:
+    from .vms import FIRMWARE_VMS
+
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    for n in names:
+        if n not in FIRMWARE_VMS:
+            raise argparse.ArgumentTypeError(
+                f"unknown VM {n!r}; choose from {', '.join(FIRMWARE_VMS)}"
+            )
+    return names
+
+
+def do_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    r = train(
+        args.dataset,
+        args.hidden,
+        bias=not args.no_bias,
+        epochs=args.epochs,
+        seed=args.seed,
+        out=args.output,
+    )
+    print(
+        f"trained {args.dataset}: {r.n_params} parameters, float accuracy "
+        f"train {100 * r.train_accuracy:.2f} %, test {100 * r.test_accuracy:.2f} %"
+    )
+    print(f"wrote {r.model_path} and {r.data_path}")
+    return 0
+
+
+def _quant_options(args: argparse.Namespace):
+    from ..export.quantize import QuantOptions
+
+    return QuantOptions(
+        weight_bits=args.weight_bits, act_bits=args.act_bits, out_bits=args.out_bits
+    )
+
+
+def do_export(args: argparse.Namespace) -> int:
+    from ..export.exporter import export_checkpoint
+    from ..export.report import layer_table
+
+    res = export_checkpoint(args.model, args.output, args.calib, _quant_options(args))
+    print(layer_table(res.model))
+    print(
+        f"PyTorch agreement bound: |fixed - float| <= {res.error_bound:.4g} per output, "
+        f"for inputs that saturate no clamp"
+    )
+    for path in res.paths.values():
+        print(f"wrote {path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+def do_inspect(args: argparse.Namespace) -> int:
+    from ..export import modelfile
+    from ..export.report import layer_rows, layer_table
+
+    model = modelfile.load(args.model)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "n_inputs": model.n_inputs,
+                    "n_outputs": model.n_outputs,
+                    "input_range": [model.in_lo, model.in_hi],
+                    "out_scale": model.out_scale,
+                    "error_bound": model.error_bound,
+                    "layers": layer_rows(model),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(
+            f"{args.model}: micromlp format v{modelfile.VERSION}, "
+            f"{Path(args.model).stat().st_size} bytes, CRC ok"
+        )
+        print(layer_table(model))
+        print(f"PyTorch agreement bound: {model.error_bound:.4g} per output")
+    return 0
+
+
+def _read_inputs(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"{p}: input file not found")
+    if p.suffix == ".npy":
+        x = np.load(p)
+    elif p.suffix == ".npz":
+        from .verify import load_data
+
+        x = load_data(p)[0]
+    elif p.suffix == ".csv":
+        try:
+            x = np.loadtxt(p, delimiter=",", ndmin=2)
+        except ValueError as e:
+            raise CLIError(f"{p}: not a CSV of numbers: {e}") from None
+    else:
+        raise CLIError(f"{p}: expected a .npy, .npz or .csv file")
+    return np.atleast_2d(x)
+
+
+def do_run(args: argparse.Namespace) -> int:
+    from ..export import modelfile
+    from . import reference, vms
+
+    model = modelfile.load(args.model)
+    x = _read_inputs(args.input)
+    if x.shape[1] != model.n_inputs:
+        raise CLIError(
+            f"{args.input}: rows have {x.shape[1]} values, the model takes {model.n_inputs}"
+        )
+    xq = x.astype(np.int64) if args.int else model.quantize_input(x)
+    if args.vm == "reference":
+        out = reference.run(model, xq).out
+    else:
+        out = vms.run_firmware(args.vm, args.model, xq, model.n_outputs)
+    deq = model.dequantize_output(out)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "vm": args.vm,
+                    "outputs": out.tolist(),
+                    "dequantized": deq.tolist(),
+                    "predicted": np.argmax(out, axis=1).tolist(),
+                }
+            )
+        )
+    else:
+        for row, frow in zip(out, deq, strict=True):
+            print(
+                f"pred {int(np.argmax(row))}  ints {' '.join(map(str, row))}  "
+                f"floats {' '.join(f'{v:.4g}' for v in frow)}"
+            )
+    return 0
+
+
+def do_verify(args: argparse.Namespace) -> int:
+    from .verify import format_report, verify
+
+    rep = verify(args.model, args.data, args.torch, args.vm, args.split)
+    print(json.dumps(rep.to_dict(), indent=2) if args.json else format_report(rep))
+    return 0 if rep.ok else 1
+
+
+def do_demo(args: argparse.Namespace) -> int:
+    from ..export.exporter import export_checkpoint
+    from ..export.report import layer_table
+    from .train import train
+    from .verify import format_report, verify
+
+    out = Path(args.output)
+    print(f"[1/3] train {args.dataset}, hidden {args.hidden}")
+    r = train(args.dataset, args.hidden, epochs=args.epochs, seed=args.seed, out=out / "model.pt")
+    print(f"      float test accuracy {100 * r.test_accuracy:.2f} %, {r.n_params} parameters")
+    print("[2/3] export to fixed point")
+    res = export_checkpoint(r.model_path, out, opts=_quant_options(args))
+    print(layer_table(res.model))
+    for path in res.paths.values():
+        print(f"      wrote {path} ({path.stat().st_size} bytes)")
+    print("[3/3] verify on the test split: PyTorch, host reference, MicroPython VMs")
+    rep = verify(res.paths["mlp"], r.data_path, r.model_path)
+    print(format_report(rep))
+    return 0 if rep.ok else 1
+
+
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weight-bits", type=int, default=8, choices=(8, 16))
+    p.add_argument("--act-bits", type=int, default=8, choices=(8, 16))
+    p.add_argument("--out-bits", type=int, default=16, help="bits of the last layer's output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .datasets import NAMES
+    from .vms import FIRMWARE_VMS, VM_NAMES
+
+    ap = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an MLP on a bundled dataset")
+    p.add_argument("--dataset", choices=NAMES, default="digits")
+    p.add_argument("--hidden", type=_hidden, default=[32, 16], help="hidden sizes (32,16)")
+    p.add_argument("--no-bias", action="store_true", help="every Linear layer bias=False")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default="model.pt")
+    p.set_defaults(func=do_train)
+
+    p = sub.add_parser("export", help="export a checkpoint to fixed point")
+    p.add_argument("model", help="checkpoint written by 'micromlp train'")
+    p.add_argument("-o", "--output", default="out", help="output folder")
+    p.add_argument("--calib", help="calibration data .npz (default: the split next to MODEL)")
+    _add_quant_args(p)
+    p.set_defaults(func=do_export)
+
+    p = sub.add_parser("inspect", help="print the layer table of a .mlp file")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=do_inspect)
+
+    p = sub.add_parser("run", help="run a .mlp on inputs")
+    p.add_argument("model")
+    p.add_argument("--input", required=True, help=".npy, .npz or .csv of float inputs")
+    p.add_argument("--vm", choices=VM_NAMES, default="reference")
+    p.add_argument("--int", action="store_true", help="inputs are already quantized integers")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=do_run)
+
+    p = sub.add_parser("verify", help="check the VMs against the reference and PyTorch")
+    p.add_argument("model")
+    p.add_argument("--torch", help="the checkpoint the model was exported from")
+    p.add_argument("--data", required=True, help=".npz from train (uses x_test, y_test)")
+    p.add_argument("--split", default="test", help="which split of the .npz (test)")
+    p.add_argument(
+        "--vm",
+        type=_vm_list,
+        default=FIRMWARE_VMS,
+        help="comma-separated VMs (default: " + ",".join(FIRMWARE_VMS) + ")",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=do_verify)
+
+    p = sub.add_parser("demo", help="train -> export -> verify on a bundled dataset")
+    p.add_argument("--dataset", choices=NAMES, default="digits")
+    p.add_argument("--hidden", type=_hidden, default=[32, 16])
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default="micromlp-demo")
+    _add_quant_args(p)
+    p.set_defaults(func=do_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..export.layers import ExportError
+    from ..export.modelfile import ModelFileError
+    from .vms import VMError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, ExportError, ModelFileError, VMError, FileNotFoundError, ValueError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
