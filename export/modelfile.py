@@ -20,6 +20,7 @@ VERSION = 1
 HEADER_SIZE = 40
 LAYER_HEADER_SIZE = 36
 FLAG_BIAS = 1
+FLAG_FOLDED = 2  # the bias came from folding; the source layer had none
 _HEADER = struct.Struct("<4sHHIHHHHiiffI")
 _LAYER = struct.Struct("<IHHBBBBiiIfff")
 assert _HEADER.size == HEADER_SIZE and _LAYER.size == LAYER_HEADER_SIZE
@@ -54,7 +55,7 @@ def to_bytes(model: QuantModel) -> bytes:
     for layer in model.layers:
         start = len(body)
         wtype = "<i1" if layer.w_bits == 8 else "<i2"
-        flags = FLAG_BIAS if layer.has_bias else 0
+        flags = (FLAG_BIAS if layer.has_bias else 0) | (FLAG_FOLDED if layer.bias_note else 0)
         size = layer_size(layer.n_in, layer.n_out, layer.w_bits, layer.has_bias)
         body += _LAYER.pack(
             size,
@@ -129,7 +130,7 @@ class _Cursor:
         return np.frombuffer(raw, dtype=dtype).copy()
 
 
-def _read_layer(cur: _Cursor, index: int, n_in_expected: int) -> QuantLayer:
+def _read_layer(cur: _Cursor, index: int, n_in_expected: int, fsize: int) -> QuantLayer:
     at = cur.pos
     (size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound, in_scale, out_scale, err) = (
         _LAYER.unpack(cur.take(LAYER_HEADER_SIZE, f"layer {index} header"))
@@ -146,7 +147,7 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int) -> QuantLayer:
         raise bad(f"weight bits {w_bits}, expected 8 or 16")
     if act not in ACT_NAMES:
         raise bad(f"unknown activation code {act}")
-    if flags & ~FLAG_BIAS:
+    if flags & ~(FLAG_BIAS | FLAG_FOLDED):
         raise bad(f"unknown flags 0x{flags:x}")
     if lo > hi:
         raise bad(f"clamp range [{lo}, {hi}] is empty")
@@ -156,6 +157,8 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int) -> QuantLayer:
     expect = layer_size(n_in, n_out, w_bits, has_bias)
     if size != expect:
         raise bad(f"size field is {size}, expected {expect}")
+    if at + size + 4 > fsize:
+        raise bad(f"{size} bytes run past the file size {fsize}")
     wtype = "<i1" if w_bits == 8 else "<i2"
     w = cur.array(wtype, n_in * n_out, f"layer {index} weights").reshape(n_out, n_in)
     b = cur.array("<i4", n_out, f"layer {index} bias") if has_bias else None
@@ -181,6 +184,7 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int) -> QuantLayer:
         w_scale=w_scale,
         w_bits=w_bits,
         error_bound=err,
+        bias_note="folded" if flags & FLAG_FOLDED else "",
     )
 
 
@@ -215,12 +219,13 @@ def from_bytes(data: bytes) -> QuantModel:
         raise ModelFileError("offset 12: model has no layers")
     if in_lo > in_hi:
         raise ModelFileError(f"offset 20: input range [{in_lo}, {in_hi}] is empty")
-    in_scale = cur.array("<f4", n_inputs, "input table")
-    in_zero = cur.array("<i4", n_inputs, "input table")
+    table = cur.take(8 * n_inputs, "input table")
+    in_scale = np.frombuffer(table[: 4 * n_inputs], dtype="<f4").copy()
+    in_zero = np.frombuffer(table[4 * n_inputs :], dtype="<i4").copy()
     layers = []
     n_in = n_inputs
     for i in range(n_layers):
-        layers.append(_read_layer(cur, i, n_in))
+        layers.append(_read_layer(cur, i, n_in, fsize))
         n_in = layers[-1].n_out
     if n_in != n_outputs:
         raise ModelFileError(f"offset 16: header says {n_outputs} outputs, last layer has {n_in}")

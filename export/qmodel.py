@@ -38,6 +38,7 @@ class QuantLayer:
     w_scale: np.ndarray  # float32 [n_out]: real weight = w * w_scale
     w_bits: int = 8
     error_bound: float = 0.0  # worst |dequantized output - float output| of this layer
+    bias_note: str = ""  # why a layer whose source had no bias has one (folding)
 
     @property
     def n_in(self) -> int:

@@ -182,6 +182,7 @@ def quantize(
                 w_scale=s_w.astype(np.float32),
                 w_bits=opts.weight_bits,
                 error_bound=errors[-1],
+                bias_note=layer.bias_note,
             )
         )
         s_x, x_max, err_in = s_y, max(abs(lo), abs(hi)), e
@@ -189,7 +190,6 @@ def quantize(
     meta = {
         "float_layers": flayers,
         "source_layers": layers,
-        "bias_notes": [layer.bias_note for layer in flayers],
     }
     return QuantModel(
         layers=qlayers,

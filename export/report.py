@@ -11,7 +11,6 @@ from .qmodel import ACT_NAMES, QuantModel
 def layer_rows(model: QuantModel) -> list[dict]:
     """One dict per layer: shapes, bias, parameters, bytes, scales, bounds."""
     rows = []
-    notes = model.meta.get("bias_notes") or [""] * len(model.layers)
     for i, layer in enumerate(model.layers):
         mult_bits = int(np.floor(np.log2(max(1, int(layer.mult.min()))))) + 1
         rows.append(
@@ -19,7 +18,7 @@ def layer_rows(model: QuantModel) -> list[dict]:
                 "layer": i,
                 "shape": f"{layer.n_in}->{layer.n_out}",
                 "act": ACT_NAMES[layer.act],
-                "bias": ("yes" + (f" ({notes[i]})" if notes[i] else ""))
+                "bias": ("yes" + (f" ({layer.bias_note})" if layer.bias_note else ""))
                 if layer.has_bias
                 else "no",
                 "params": layer.n_params(True),

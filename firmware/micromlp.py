@@ -34,6 +34,7 @@ _LAYER_HEADER_SIZE = const(36)
 _ACT_NONE = const(0)
 _ACT_RELU = const(1)
 _FLAG_BIAS = const(1)
+_FLAG_FOLDED = const(2)  # informational: the bias came from folding
 _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below this
 
 VERSION = "0.1.0"
@@ -88,14 +89,23 @@ class _Reader:
         return buf
 
     def skip(self, nbytes, what):
-        # Metadata the board does not need: read through it for the CRC only.
+        # Metadata the board does not need: read through it for the CRC only,
+        # in small chunks; a short read is reported for the whole section.
+        start = self.pos
         chunk = bytearray(32)
-        while nbytes > 0:
-            n = min(nbytes, 32)
-            if n < 32:
-                chunk = bytearray(n)
-            self.fill(chunk, n, what)
-            nbytes -= n
+        left = nbytes
+        while left > 0:
+            if left < 32:
+                chunk = bytearray(left)
+            got = self.f.readinto(chunk) or 0
+            if got != len(chunk):
+                raise ModelError(
+                    "truncated at offset %d: %s needs %d bytes, got %d"
+                    % (start, what, nbytes, self.pos - start + got)
+                )
+            self.crc = self.crc_fn(chunk, self.crc)
+            self.pos += got
+            left -= got
 
 
 class Layer:
@@ -202,7 +212,7 @@ class Net:
         return [v * self.out_scale for v in out]
 
 
-def _read_layer(r, index, n_in_expected):
+def _read_layer(r, index, n_in_expected, fsize):
     at = r.pos
     h = r.fill(bytearray(_LAYER_HEADER_SIZE), _LAYER_HEADER_SIZE, "layer %d header" % index)
     size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound = struct.unpack(
@@ -220,7 +230,7 @@ def _read_layer(r, index, n_in_expected):
         raise bad("weight bits %d, expected 8 or 16" % w_bits)
     if act not in (_ACT_NONE, _ACT_RELU):
         raise bad("unknown activation code %d" % act)
-    if flags & ~_FLAG_BIAS:
+    if flags & ~(_FLAG_BIAS | _FLAG_FOLDED):
         raise bad("unknown flags 0x%x" % flags)
     if lo > hi:
         raise bad("clamp range [%d, %d] is empty" % (lo, hi))
@@ -238,6 +248,8 @@ def _read_layer(r, index, n_in_expected):
     )
     if size != expect:
         raise bad("size field is %d, expected %d" % (size, expect))
+    if at + size + 4 > fsize:
+        raise bad("%d bytes run past the file size %d" % (size, fsize))
     w = r.array("b" if wsize == 1 else "h", n_in * n_out, wsize, "layer %d weights" % index)
     b = r.array("i", n_out, 4, "layer %d bias" % index) if has_bias else None
     mult = r.array("i", n_out, 4, "layer %d multipliers" % index)
@@ -276,7 +288,7 @@ def _read(f):
     layers = []
     n_in = n_inputs
     for i in range(n_layers):
-        layer = _read_layer(r, i, n_in)
+        layer = _read_layer(r, i, n_in, fsize)
         layers.append(layer)
         n_in = layer.n_out
     if n_in != n_outputs:

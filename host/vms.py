@@ -57,7 +57,6 @@ try:
     f.close()
     print('END')
 except Exception as e:
-    unlock()
     print('ERROR', repr(e))
 """
 
@@ -133,7 +132,7 @@ def wasm_run(
             wall_timeout_seconds=timeout,
         )
     except MicroPythonWasmError as e:
-        raise VMError(f"wasm: {e} (out of fuel, memory or time?)") from None
+        raise VMError(f"wasm: {e} (an uncaught error, or out of fuel or memory)") from None
 
 
 def run_wasm(model_path: Path, xq: np.ndarray, n_out: int) -> np.ndarray:

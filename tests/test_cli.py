@@ -1,0 +1,139 @@
+"""The micromlp command as a user runs it: exit codes, output, error messages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    exe = shutil.which("micromlp")
+    assert exe, "the micromlp console script is not installed (pip install -e .)"
+    return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory):
+    d = tmp_path_factory.mktemp("iris")
+    r = cli(
+        "train",
+        "--dataset",
+        "iris",
+        "--hidden",
+        "8",
+        "--epochs",
+        "40",
+        "--no-bias",
+        "-o",
+        str(d / "iris.pt"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "float accuracy" in r.stdout
+    r = cli("export", str(d / "iris.pt"), "-o", str(d / "out"))
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_export_prints_layer_table_with_bias_columns(iris):
+    r = cli("inspect", str(iris / "out" / "model.mlp"), "--json")
+    info = json.loads(r.stdout)
+    assert [row["shape"] for row in info["layers"]] == ["4->8", "8->3"]
+    # --no-bias: the second layer has none; the first gains one only from folded inputs
+    assert info["layers"][1]["bias"] == "no"
+    assert info["layers"][1]["params"] == info["layers"][1]["params_no_bias"] == 24
+    assert info["layers"][0]["bias"].startswith("yes (folded")
+    text = cli("inspect", str(iris / "out" / "model.mlp")).stdout
+    assert "CRC ok" in text and "w/o bias" in text
+
+
+def test_verify_json_and_exit_status(iris):
+    r = cli(
+        "verify",
+        str(iris / "out" / "model.mlp"),
+        "--torch",
+        str(iris / "iris.pt"),
+        "--data",
+        str(iris / "iris.npz"),
+        "--vm",
+        "unix,wasm",
+        "--json",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["ok"] and [v["vm"] for v in rep["vms"]] == ["unix", "wasm"]
+    assert all(v["bit_exact"] == 1.0 for v in rep["vms"])
+    assert rep["samples"] == 30
+
+
+def test_verify_fails_with_nonzero_status_on_a_mismatch(iris, tmp_path):
+    # a model whose stored numbers differ from the checkpoint: a different training seed
+    r = cli(
+        "train",
+        "--dataset",
+        "iris",
+        "--hidden",
+        "8",
+        "--epochs",
+        "5",
+        "--seed",
+        "3",
+        "-o",
+        str(tmp_path / "other.pt"),
+    )
+    assert r.returncode == 0
+    r = cli(
+        "verify",
+        str(iris / "out" / "model.mlp"),
+        "--torch",
+        str(tmp_path / "other.pt"),
+        "--data",
+        str(iris / "iris.npz"),
+        "--vm",
+        "cpython",
+    )
+    assert r.returncode == 1
+    assert "NOT within" in r.stdout and "result: FAILED" in r.stdout
+
+
+@pytest.mark.parametrize("vm", ["reference", "cpython", "unix", "wasm"])
+def test_run_on_each_vm_gives_the_same_integers(iris, tmp_path, vm):
+    x = np.load(iris / "iris.npz")["x_test"][:5]
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",")
+    r = cli(
+        "run",
+        str(iris / "out" / "model.mlp"),
+        "--input",
+        str(tmp_path / "x.csv"),
+        "--vm",
+        vm,
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    ref = json.loads(
+        cli(
+            "run", str(iris / "out" / "model.mlp"), "--input", str(tmp_path / "x.csv"), "--json"
+        ).stdout
+    )
+    assert got["outputs"] == ref["outputs"] and len(got["outputs"]) == 5
+    assert got["predicted"] == [int(np.argmax(o)) for o in got["outputs"]]
+
+
+def test_errors_are_one_line_with_the_file_and_problem(iris, tmp_path):
+    bad = tmp_path / "bad.mlp"
+    bad.write_bytes(b"MMLQ" + bytes(60))
+    r = cli("inspect", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"micromlp: {bad}: offset 0: bad magic b'MMLQ', expected b'MMLP'"
+    r = cli("run", str(iris / "out" / "model.mlp"), "--input", str(tmp_path / "none.csv"))
+    assert r.returncode == 2 and "none.csv: input file not found" in r.stderr
+    (tmp_path / "wide.csv").write_text("1,2,3\n")
+    r = cli("run", str(iris / "out" / "model.mlp"), "--input", str(tmp_path / "wide.csv"))
+    assert r.returncode == 2 and "rows have 3 values, the model takes 4" in r.stderr
+    r = cli("train", "--dataset", "mnist")
+    assert r.returncode == 2 and "invalid choice: 'mnist'" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,97 @@
+"""The README's main job on the default digits model, against real VMs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from micromlp.host import vms
+from micromlp.host.verify import verify
+
+
+def test_default_model_verifies_on_every_vm(digits):
+    tr, ex = digits
+    rep = verify(ex.paths["mlp"], tr.data_path, tr.model_path)
+    assert [r.vm for r in rep.vms] == list(vms.FIRMWARE_VMS)
+    assert all(r.bit_exact == 1.0 and not r.error for r in rep.vms), rep.vms
+    assert rep.samples == 359
+    assert rep.float_accuracy == pytest.approx(tr.test_accuracy)
+    assert rep.fixed_accuracy >= rep.float_accuracy - 0.005
+    assert rep.max_abs_error_unsaturated <= rep.error_bound
+    assert rep.top1_agreement >= 0.98
+    assert rep.ok
+
+
+_HEAP_LOCK_RUN = """
+import sys
+sys.path.insert(0, '/input')
+import micropython, micromlp
+from array import array
+net = micromlp.load('/input/model.mlp')
+x = array('i', [{x}])
+out = array('i', bytes(4 * net.n_outputs))
+
+def locked(case):
+    # no *args here: a star-args call itself allocates
+    micropython.heap_lock()
+    try:
+        if case == 1:
+            net.run(x, out)
+        elif case == 2:
+            net.predict(x)
+        else:
+            net.run(x)
+        return 'ok'
+    except MemoryError:
+        return 'allocates'
+    finally:
+        micropython.heap_unlock()
+
+r1 = locked(1)
+r2 = locked(2)
+r3 = locked(3)
+print(r1, r2, r3, '|', ' '.join([str(v) for v in out]))
+"""
+
+
+def test_run_allocates_nothing_under_heap_lock_on_32bit_wasm(digits, tmp_path):
+    tr, ex = digits
+    import shutil
+
+    shutil.copy(vms.engine_source(), tmp_path / "micromlp.py")
+    shutil.copy(ex.paths["mlp"], tmp_path / "model.mlp")
+    x = np.load(tr.data_path)["x_test"][:1]
+    xq = ex.model.quantize_input(x)[0]
+    code = _HEAP_LOCK_RUN.format(x=", ".join(map(str, xq)))
+    res = vms.wasm_run(code, readonly_dir=tmp_path)
+    status, ints = res.stdout.strip().split(" | ")
+    # run with out and predict allocate nothing; the control, run allocating its
+    # output array, shows the lock catches an allocation
+    assert status == "ok ok allocates"
+    from micromlp.host import reference
+
+    assert [int(v) for v in ints.split()] == list(reference.run(ex.model, xq).out[0])
+
+
+def test_module_form_loads_and_matches(digits, tmp_path):
+    tr, ex = digits
+    import shutil
+    import subprocess
+
+    shutil.copy(vms.engine_source(), tmp_path / "micromlp.py")
+    shutil.copy(ex.paths["py"], tmp_path / "model_mlp.py")
+    shutil.copy(ex.paths["mpy"], tmp_path / "other_mlp.mpy")
+    xq = ex.model.quantize_input(np.load(tr.data_path)["x_test"][:1])[0]
+    script = (
+        "import micromlp, model_mlp, other_mlp\n"
+        f"x = [{', '.join(map(str, xq))}]\n"
+        "a = list(micromlp.load(model_mlp).run(x))\n"
+        "print(a == list(micromlp.load(other_mlp).run(x)), a)\n"
+    )
+    (tmp_path / "s.py").write_text(script)
+    proc = subprocess.run([vms.unix_exe(), "s.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    same, rest = proc.stdout.split(" ", 1)
+    assert same == "True"
+    from micromlp.host import reference
+
+    assert eval(rest) == list(reference.run(ex.model, xq).out[0])

@@ -1,0 +1,118 @@
+"""The engine on every VM computes exactly the reference's integers, for many shapes."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from helpers import calib_data, export, make_mlp, torch_out
+from micromlp.export.qmodel import QuantLayer
+from micromlp.host import reference, vms
+
+ARCHS = [
+    (f"bias{''.join('1' if b else '0' for b in bias)}", [6, 9, 7, 4], list(bias), "float")
+    for bias in itertools.product([True, False], repeat=3)
+] + [
+    ("single-linear", [7, 3], [True], "float"),
+    ("single-linear-nobias", [7, 3], [False], "int"),
+    ("depth5", [10, 12, 9, 8, 6, 4], True, "float"),
+    ("width1", [1, 1], True, "float"),
+    ("width1-hidden", [1, 1, 1], [False, True], "int"),
+    ("width128", [128, 128, 10], True, "int"),
+    ("narrow-wide-narrow", [3, 128, 1], True, "float"),
+]
+
+
+def test_inputs(model, n: int, seed: int) -> np.ndarray:
+    """Random in-range integers, the range's corners, and out-of-range values."""
+    rng = np.random.default_rng(seed)
+    lo, hi = model.in_lo, model.in_hi
+    x = rng.integers(lo, hi + 1, size=(n, model.n_inputs))
+    corners = rng.choice([lo, hi], size=(8, model.n_inputs))
+    outside = rng.integers(lo - 1000, hi + 1000, size=(4, model.n_inputs))
+    return np.vstack([x, corners, outside])
+
+
+test_inputs.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="module", params=ARCHS, ids=[a[0] for a in ARCHS])
+def exported(request, tmp_path_factory):
+    name, sizes, bias, kind = request.param
+    module = make_mlp(sizes, bias, seed=len(name))
+    x = calib_data(sizes[0], kind=kind)
+    path = tmp_path_factory.mktemp(name) / "m.mlp"
+    model = export(module, x, path)
+    return module, x, path, model
+
+
+@pytest.mark.parametrize("vm", vms.FIRMWARE_VMS)
+def test_vm_bit_exact_with_reference(exported, vm):
+    _, _, path, model = exported
+    xq = test_inputs(model, 40, seed=3)
+    ref = reference.run(model, xq).out
+    out = vms.run_firmware(vm, path, xq, model.n_outputs)
+    assert out.shape == ref.shape
+    assert np.array_equal(out, ref)
+
+
+def test_bias_layout_matches_source(exported):
+    module, _, _, model = exported
+    linears = [m for m in module if hasattr(m, "weight")]
+    for i, (lin, layer) in enumerate(zip(linears, model.layers, strict=True)):
+        if i > 0:  # the first layer may gain a bias from the folded input zero point
+            assert layer.has_bias == (lin.bias is not None)
+        assert layer.n_params(False) == lin.weight.numel()
+
+
+def test_dequantized_output_within_reported_bound(exported):
+    module, x, _, model = exported
+    res = reference.run(model, model.quantize_input(x))
+    keep = ~res.saturated
+    assert keep.mean() > 0.5
+    err = np.abs(model.dequantize_output(res.out) - torch_out(module, x))[keep]
+    assert err.max() <= model.error_bound
+
+
+def test_corner_inputs_never_reach_2_pow_30(exported):
+    _, _, _, model = exported
+    # reference.run raises BoundViolation if any intermediate value reaches 2**30
+    reference.run(model, test_inputs(model, 500, seed=9))
+
+
+def test_reference_catches_values_past_2_pow_30():
+    w = np.full((1, 4), 127, dtype=np.int8)
+    layer = QuantLayer(
+        w=w,
+        b=None,
+        mult=np.array([1 << 20], dtype=np.int32),
+        shift=np.array([30], dtype=np.uint8),
+        lo=-127,
+        hi=127,
+        act=0,
+        acc_bound=0,
+        in_scale=1.0,
+        out_scale=1.0,
+        w_scale=np.ones(1, dtype=np.float32),
+    )
+    from micromlp.export.qmodel import QuantModel
+
+    model = QuantModel([layer], np.ones(4, np.float32), np.zeros(4, np.int32), 0, 255)
+    with pytest.raises(reference.BoundViolation, match="layer 0"):
+        reference.run(model, np.full((1, 4), 255))
+
+
+def test_input_clamp_and_predict_on_firmware(exported):
+    from micromlp.firmware import micromlp as engine
+
+    _, _, path, model = exported
+    net = engine.load(str(path))
+    x = test_inputs(model, 5, seed=4)
+    for row in x:
+        out = net.run(list(row))
+        clamped = np.clip(row, model.in_lo, model.in_hi)
+        assert list(out) == list(reference.run(model, clamped).out[0])
+        assert net.predict(list(row)) == int(np.argmax(out))
+    with pytest.raises(ValueError, match=f"expected {model.n_inputs} inputs"):
+        net.run([0] * (model.n_inputs + 1))

@@ -1,0 +1,123 @@
+"""Model file checks: every corruption is refused, with the same message on host and board."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from helpers import calib_data, export, make_mlp
+from micromlp.export import modelfile
+from micromlp.firmware import micromlp as engine
+from micromlp.host import vms
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fmt") / "m.mlp"
+    model = export(make_mlp([5, 4, 3], [True, False]), calib_data(5), path)
+    return path, model, path.read_bytes()
+
+
+def host_error(data: bytes) -> str:
+    with pytest.raises(modelfile.ModelFileError) as e:
+        modelfile.from_bytes(data)
+    return str(e.value)
+
+
+def firmware_error(data: bytes) -> str:
+    with pytest.raises(engine.ModelError) as e:
+        engine.load(io.BytesIO(data))
+    return str(e.value)
+
+
+def with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_roundtrip_is_identical(small):
+    path, model, data = small
+    again = modelfile.from_bytes(data)
+    assert modelfile.to_bytes(again) == data
+    for a, b in zip(model.layers, again.layers, strict=True):
+        assert np.array_equal(a.w, b.w) and a.acc_bound == b.acc_bound
+        assert (a.b is None) == (b.b is None)
+    net = engine.load(str(path))
+    assert (net.n_inputs, net.n_outputs) == (5, 3)
+    assert net.layers[0].b is not None and net.layers[1].b is None
+
+
+CASES = {
+    "magic": (lambda d: b"XMLP" + d[4:], "offset 0: bad magic b'XMLP', expected b'MMLP'"),
+    "version": (
+        lambda d: with_crc(d[:4] + struct.pack("<H", 2) + d[6:-4]),
+        "offset 4: format version 2, this engine reads version 1",
+    ),
+    "truncated header": (lambda d: d[:20], "truncated at offset 0: header needs 40 bytes, got 20"),
+    "no crc": (lambda d: d[:-4], "CRC needs 4 bytes, got 0"),
+    "trailing": (lambda d: d + b"\0", "unexpected data after the CRC"),
+    # layer 0's first weight: header 40 + input table 8*5 + layer header 36
+    "weight flipped": (lambda d: d[:116] + bytes([d[116] ^ 0x10]) + d[117:], "CRC mismatch"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_documented_errors_host_and_firmware(small, case):
+    corrupt, expected = CASES[case]
+    bad = corrupt(small[2])
+    assert expected in host_error(bad)
+    assert host_error(bad) == firmware_error(bad)
+
+
+def test_every_single_byte_flip_and_truncation_is_refused_identically(small):
+    data = small[2]
+    for pos in range(len(data)):
+        bad = data[:pos] + bytes([data[pos] ^ 0x41]) + data[pos + 1 :]
+        assert host_error(bad) == firmware_error(bad), pos
+    for cut in range(0, len(data), 3):
+        msg = host_error(data[:cut])
+        assert msg.startswith("truncated at offset"), (cut, msg)
+        assert msg == firmware_error(data[:cut])
+
+
+def test_soft_crc_matches_zlib(monkeypatch, small):
+    blob = np.random.default_rng(0).integers(0, 256, 300).astype(np.uint8).tobytes()
+    assert engine._soft_crc32(blob, 0) == zlib.crc32(blob)
+    assert engine._soft_crc32(blob[100:], engine._soft_crc32(blob[:100], 0)) == zlib.crc32(blob)
+    monkeypatch.setattr(engine, "_crc32", None)
+    assert engine.load(io.BytesIO(small[2])).n_outputs == 3
+    bad = CASES["weight flipped"][0](small[2])
+    assert "CRC mismatch" in firmware_error(bad)
+
+
+def test_understated_bound_is_refused_on_host(small):
+    data = bytearray(small[2][:-4])
+    # layer 0's acc_bound field: header 40 + input table 8*5, then 20 bytes into the layer header
+    off = 40 + 8 * 5 + 20
+    (bound,) = struct.unpack_from("<I", data, off)
+    struct.pack_into("<I", data, off, bound // 2)
+    msg = host_error(with_crc(bytes(data)))
+    assert "layer 0" in msg and "below the true worst case" in msg
+
+
+@pytest.mark.parametrize("vm", ["unix", "wasm"])
+def test_bad_files_give_the_documented_error_on_real_vms(small, tmp_path, vm):
+    data = small[2]
+    for name in ("magic", "version", "weight flipped"):
+        corrupt, expected = CASES[name]
+        path = tmp_path / f"{name.replace(' ', '_')}.mlp"
+        path.write_bytes(corrupt(data))
+        with pytest.raises(vms.VMError) as e:
+            vms.run_firmware(vm, path, np.zeros((1, 5), dtype=np.int64), 3)
+        assert expected in str(e.value), str(e.value)
+
+
+def test_host_load_names_the_file(tmp_path, small):
+    p = tmp_path / "broken.mlp"
+    p.write_bytes(b"nope")
+    with pytest.raises(modelfile.ModelFileError, match=r"broken.mlp: truncated at offset 0"):
+        modelfile.load(p)
+    with pytest.raises(modelfile.ModelFileError, match="cannot read"):
+        modelfile.load(tmp_path / "missing.mlp")
