@@ -9,6 +9,10 @@
 #   net = micromlp.load('model.mlp')
 #   out = net.run(x_int)        # list/array of quantized input ints
 #   label = net.predict(x_int)
+#
+# Kernels: 'viper' and 'native' live in micromlp_viper.py (ports without the
+# viper emitter cannot even compile that file); 'portable' is below. All three
+# compute the same integers.
 
 import struct
 from array import array
@@ -26,6 +30,11 @@ try:
 except ImportError:
     _crc32 = None
 
+try:
+    import micromlp_viper as _fast
+except (ImportError, SyntaxError, NameError):
+    _fast = None
+
 # File layout constants (docs/format.md).
 _MAGIC = b"MMLP"
 _VERSION = const(1)
@@ -36,6 +45,12 @@ _ACT_RELU = const(1)
 _FLAG_BIAS = const(1)
 _FLAG_FOLDED = const(2)  # informational: the bias came from folding
 _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below this
+
+# A layer's parameters as one int32 array q, shared by every kernel:
+# q[0..8] = n_in, n_out, lo, hi, has_bias, first row, end row, weight offset,
+# 32 on 64-bit ports (viper sign-extends with it) else 0; then per channel
+# c at 9 + 4*c: bias, mult, rnd = 2**(shift-1) or 0, shift.
+_Q = const(9)
 
 VERSION = "0.1.0"
 
@@ -57,117 +72,107 @@ def _soft_crc32(data, crc):
     return crc ^ 0xFFFFFFFF
 
 
-class _Reader:
-    # Reads a model stream in order, tracking the byte offset and the CRC.
+def _requant(acc, q, j, lo, hi):
+    acc = (acc * q[j + 1] + q[j + 2]) >> q[j + 3]
+    if acc < lo:
+        return lo
+    if acc > hi:
+        return hi
+    return acc
 
-    def __init__(self, f):
-        self.f = f
-        self.pos = 0
-        self.crc = 0
-        self.crc_fn = _crc32 or _soft_crc32
 
-    def fill(self, buf, nbytes, what):
-        got = self.f.readinto(buf)
-        if got is None:
-            got = 0
-        if got != nbytes:
-            raise ModelError(
-                "truncated at offset %d: %s needs %d bytes, got %d"
-                % (self.pos, what, nbytes, got)
-            )
-        self.crc = self.crc_fn(buf, self.crc)
-        self.pos += nbytes
-        return buf
+def _linear(x, w, q, y):
+    # The portable kernel: rows q[5]..q[6]-1 of y = clamp(round((W x + b) * mult
+    # / 2**shift)), weights of row q[5] at w[q[7]]. Two rows share each pass over
+    # x: it saves a loop step and an index increment per multiply-add.
+    n = q[0]
+    lo = q[2]
+    hi = q[3]
+    bias = q[4]
+    o = q[5]
+    end = q[6]
+    k = q[7]
+    j = _Q + 4 * o
+    while o + 1 < end:
+        a0 = q[j] if bias else 0
+        a1 = q[j + 4] if bias else 0
+        for xv in x:
+            a0 += w[k] * xv
+            a1 += w[k + n] * xv
+            k += 1
+        y[o] = _requant(a0, q, j, lo, hi)
+        y[o + 1] = _requant(a1, q, j + 4, lo, hi)
+        k += n
+        o += 2
+        j += 8
+    if o < end:
+        a0 = q[j] if bias else 0
+        for xv in x:
+            a0 += w[k] * xv
+            k += 1
+        y[o] = _requant(a0, q, j, lo, hi)
 
-    def array(self, typecode, count, itemsize, what):
-        nbytes = count * itemsize
-        buf = array(typecode, bytes(nbytes))
-        self.fill(buf, nbytes, what)
-        pad = (-nbytes) & 3
-        if pad:
-            self.fill(bytearray(pad), pad, what + " padding")
-        return buf
 
-    def skip(self, nbytes, what):
-        # Metadata the board does not need: read through it for the CRC only,
-        # in small chunks; a short read is reported for the whole section.
-        start = self.pos
-        chunk = bytearray(32)
-        left = nbytes
-        while left > 0:
-            if left < 32:
-                chunk = bytearray(left)
-            got = self.f.readinto(chunk) or 0
-            if got != len(chunk):
-                raise ModelError(
-                    "truncated at offset %d: %s needs %d bytes, got %d"
-                    % (start, what, nbytes, self.pos - start + got)
-                )
-            self.crc = self.crc_fn(chunk, self.crc)
-            self.pos += got
-            left -= got
+KERNELS = ("viper", "native", "portable")
+
+
+def _kernel(name, wsize):
+    # The kernel function for a layer: name None picks the fastest this port has.
+    if name is None:
+        name = "viper" if _fast else "portable"
+    if name == "portable":
+        return _linear
+    if name not in KERNELS:
+        raise ValueError("unknown kernel %r, expected one of %r" % (name, KERNELS))
+    if _fast is None:
+        raise ValueError("kernel %r needs micromlp_viper.py and a port with viper" % name)
+    if name == "viper":
+        return _fast.linear8 if wsize == 1 else _fast.linear16
+    return _fast.linear_native
 
 
 class Layer:
     """One Linear (+ optional ReLU) layer in integer form."""
 
-    def __init__(self, n_in, n_out, w, b, mult, shift, lo, hi, relu):
-        self.n_in = n_in
-        self.n_out = n_out
-        self.w = w  # array('b') or array('h'), row-major [n_out][n_in]
-        self.b = b  # array('i') or None when the layer has no bias
-        self.mult = mult
-        self.shift = shift
-        self.rnd = array("i", [(1 << (s - 1)) if s else 0 for s in shift])
-        self.lo = lo
-        self.hi = hi
+    def __init__(self, q, w, wsize, relu, fn, typed):
+        self.q = q
+        self.n_in = q[0]
+        self.n_out = q[1]
+        self.has_bias = q[4]
+        self.w = w  # int8/int16 array, or a bytes-like the viper kernel reads
+        self.wsize = wsize
         self.relu = relu
-        self.y = array("i", bytes(4 * n_out))
+        self.fn = fn
+        self.w_pos = 0  # streaming: where the weights start in the file
+        # Outputs: an array for viper/native (ptr32), a list for the portable
+        # kernel (faster to iterate); either way made once, here.
+        self.y = array("i", bytes(4 * self.n_out)) if typed else [0] * self.n_out
 
     def __repr__(self):
         return "Layer(%d->%d%s%s)" % (
             self.n_in,
             self.n_out,
-            "" if self.b is None else ", bias",
+            ", bias" if self.has_bias else "",
             ", relu" if self.relu else "",
         )
-
-
-def _linear(x, layer, y):
-    # The portable kernel: y = clamp(round((W x + b) * mult / 2**shift)).
-    # Rounding is half up: (v + 2**(shift-1)) >> shift, Python's >> floors.
-    w = layer.w
-    b = layer.b
-    mult = layer.mult
-    rnd = layer.rnd
-    shift = layer.shift
-    lo = layer.lo
-    hi = layer.hi
-    k = 0
-    for o in range(layer.n_out):
-        acc = 0 if b is None else b[o]
-        for xv in x:
-            acc += w[k] * xv
-            k += 1
-        acc = (acc * mult[o] + rnd[o]) >> shift[o]
-        if acc < lo:
-            acc = lo
-        elif acc > hi:
-            acc = hi
-        y[o] = acc
 
 
 class Net:
     """A loaded model: run(x) maps quantized input ints to output ints."""
 
-    def __init__(self, layers, in_lo, in_hi, out_scale):
+    def __init__(self, layers, in_lo, in_hi, out_scale, kernel):
         self.layers = layers
         self.n_inputs = layers[0].n_in
         self.n_outputs = layers[-1].n_out
         self.in_lo = in_lo
         self.in_hi = in_hi
         self.out_scale = out_scale
-        self.x = array("i", bytes(4 * self.n_inputs))
+        self.kernel = kernel
+        self.stream = None  # the open model file when weights stay on storage
+        if kernel == "portable":
+            self.x = [0] * self.n_inputs
+        else:
+            self.x = array("i", bytes(4 * self.n_inputs))
 
     def __repr__(self):
         return "Net(%s)" % ", ".join([repr(layer) for layer in self.layers])
@@ -189,18 +194,43 @@ class Net:
             elif v > hi:
                 v = hi
             xq[i] = v
-        layers = self.layers
-        last = len(layers) - 1
-        for i in range(last + 1):
-            layer = layers[i]
-            y = out if i == last else layer.y
-            _linear(xq, layer, y)
-            xq = y
+        for layer in self.layers:
+            if self.stream is None:
+                layer.fn(xq, layer.w, layer.q, layer.y)
+            else:
+                self._stream_layer(xq, layer)
+            xq = layer.y
+        for i in range(self.n_outputs):
+            out[i] = xq[i]
         return out
 
+    def _stream_layer(self, x, layer):
+        # Weights stay in the file: read a block of rows at a time into the one
+        # preallocated buffer and run the kernel on just those rows.
+        f = self.stream
+        q = layer.q
+        n_out = layer.n_out
+        row_bytes = layer.n_in * layer.wsize
+        rows = self.chunk_bytes // row_bytes
+        w = self.chunk8 if layer.wsize == 1 else self.chunk16
+        o = 0
+        while o < n_out:
+            end = o + rows
+            if end > n_out:
+                end = n_out
+            f.seek(layer.w_pos + o * row_bytes)
+            f.readinto(w)
+            q[5] = o
+            q[6] = end
+            layer.fn(x, w, q, layer.y)
+            o = end
+        q[5] = 0
+        q[6] = n_out
+
     def predict(self, x):
-        """Index of the largest output (the first one on a tie)."""
-        out = self.run(x, self.layers[-1].y)
+        """Index of the largest output (the first one on a tie); allocation-free."""
+        self.run(x, self.layers[-1].y)
+        out = self.layers[-1].y
         best = 0
         for i in range(1, self.n_outputs):
             if out[i] > out[best]:
@@ -211,13 +241,71 @@ class Net:
         """Output ints as floats (allocates; not for the hot loop)."""
         return [v * self.out_scale for v in out]
 
+    def close(self):
+        """Close the model file of a streaming net."""
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
 
-def _read_layer(r, index, n_in_expected, fsize):
+
+class _Reader:
+    # Reads a model stream in order, tracking the byte offset and the CRC.
+
+    def __init__(self, f):
+        self.f = f
+        self.pos = 0
+        self.crc = 0
+        self.crc_fn = _crc32 or _soft_crc32
+        self.scratch = bytearray(32)
+
+    def fill(self, buf, what, nbytes=0):
+        # nbytes: the size in bytes when buf is a typed array (len counts items)
+        nbytes = nbytes or len(buf)
+        got = self.f.readinto(buf) or 0
+        if got != nbytes:
+            raise ModelError(
+                "truncated at offset %d: %s needs %d bytes, got %d" % (self.pos, what, nbytes, got)
+            )
+        self.crc = self.crc_fn(buf, self.crc)
+        self.pos += got
+        return buf
+
+    def skip(self, nbytes, what):
+        # Read through a section without keeping it (the CRC covers it), in small
+        # chunks; a short read is reported for the whole section.
+        start = self.pos
+        chunk = self.scratch
+        left = nbytes
+        while left > 0:
+            if left < len(chunk):
+                chunk = bytearray(left)
+            got = self.f.readinto(chunk) or 0
+            if got != len(chunk):
+                raise ModelError(
+                    "truncated at offset %d: %s needs %d bytes, got %d"
+                    % (start, what, nbytes, self.pos - start + got)
+                )
+            self.crc = self.crc_fn(chunk, self.crc)
+            self.pos += got
+            left -= got
+
+    def array(self, typecode, count, itemsize, what, keep=True):
+        nbytes = count * itemsize
+        buf = None
+        if keep:
+            buf = self.fill(array(typecode, bytes(nbytes)), what, nbytes)
+        else:
+            self.skip(nbytes, what)
+        pad = (-nbytes) & 3
+        if pad:
+            self.fill(bytearray(pad), what + " padding")
+        return buf
+
+
+def _read_layer(r, index, n_in_expected, fsize, keep, sx):
     at = r.pos
-    h = r.fill(bytearray(_LAYER_HEADER_SIZE), _LAYER_HEADER_SIZE, "layer %d header" % index)
-    size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound = struct.unpack(
-        "<IHHBBBBiiI", h[:24]
-    )
+    h = r.fill(bytearray(_LAYER_HEADER_SIZE), "layer %d header" % index)
+    size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound = struct.unpack("<IHHBBBBiiI", h[:24])
 
     def bad(msg):
         return ModelError("layer %d at offset %d: %s" % (index, at, msg))
@@ -250,23 +338,38 @@ def _read_layer(r, index, n_in_expected, fsize):
         raise bad("size field is %d, expected %d" % (size, expect))
     if at + size + 4 > fsize:
         raise bad("%d bytes run past the file size %d" % (size, fsize))
-    w = r.array("b" if wsize == 1 else "h", n_in * n_out, wsize, "layer %d weights" % index)
-    b = r.array("i", n_out, 4, "layer %d bias" % index) if has_bias else None
+    w_pos = r.pos
+    w = r.array("b" if wsize == 1 else "h", n_in * n_out, wsize, "layer %d weights" % index, keep)
+    q = array("i", bytes(4 * (_Q + 4 * n_out)))
+    for i, v in enumerate((n_in, n_out, lo, hi, has_bias, 0, n_out, 0, sx)):
+        q[i] = v
+    if has_bias:
+        b = r.array("i", n_out, 4, "layer %d bias" % index)
+        for c in range(n_out):
+            q[_Q + 4 * c] = b[c]
+        b = None
     mult = r.array("i", n_out, 4, "layer %d multipliers" % index)
     shift = r.array("B", n_out, 1, "layer %d shifts" % index)
     r.skip(4 * n_out, "layer %d weight scales" % index)
-    for o in range(n_out):
-        m = mult[o]
-        s = shift[o]
-        # The exporter proved |acc * mult| + 2**(shift-1) < 2**30; recheck its arithmetic.
-        if m < 1 or s > 30 or bound * m + ((1 << (s - 1)) if s else 0) >= _SMALL:
-            raise bad("requantizer of channel %d (mult %d, shift %d) can reach 2**30" % (o, m, s))
-    return Layer(n_in, n_out, w, b, mult, shift, lo, hi, act == _ACT_RELU)
+    for c in range(n_out):
+        m = mult[c]
+        s = shift[c]
+        rnd = (1 << (s - 1)) if s else 0
+        # The exporter proved |acc * mult| + rnd < 2**30; recheck its arithmetic.
+        if m < 1 or s > 30 or bound * m + rnd >= _SMALL:
+            raise bad("requantizer of channel %d (mult %d, shift %d) can reach 2**30" % (c, m, s))
+        j = _Q + 4 * c
+        q[j + 1] = m
+        q[j + 2] = rnd
+        q[j + 3] = s
+    return q, w, w_pos, wsize, act == _ACT_RELU
 
 
-def _read(f):
+def _read(f, kernel, keep):
+    # Parse and check a whole model stream; returns the Net and each layer's
+    # weight offset (for streaming and zero-copy use).
     r = _Reader(f)
-    h = r.fill(bytearray(_HEADER_SIZE), _HEADER_SIZE, "header")
+    h = r.fill(bytearray(_HEADER_SIZE), "header")
     magic = bytes(h[0:4])
     if magic != _MAGIC:
         raise ModelError("offset 0: bad magic %r, expected %r" % (magic, _MAGIC))
@@ -285,10 +388,13 @@ def _read(f):
         raise ModelError("offset 20: input range [%d, %d] is empty" % (in_lo, in_hi))
     out_scale = struct.unpack("<f", h[28:32])[0]
     r.skip(8 * n_inputs, "input table")
+    sx = 32 if _word_bits() == 64 else 0
     layers = []
     n_in = n_inputs
     for i in range(n_layers):
-        layer = _read_layer(r, i, n_in, fsize)
+        q, w, w_pos, wsize, relu = _read_layer(r, i, n_in, fsize, keep, sx)
+        layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel != "portable")
+        layer.w_pos = w_pos
         layers.append(layer)
         n_in = layer.n_out
     if n_in != n_outputs:
@@ -308,23 +414,76 @@ def _read(f):
         raise ModelError("offset 8: size field is %d, model ends at %d" % (fsize, at + 4))
     if f.read(1):
         raise ModelError("offset %d: unexpected data after the CRC" % (at + 4))
-    return Net(layers, in_lo, in_hi, out_scale)
+    return Net(layers, in_lo, in_hi, out_scale, kernel)
 
 
-def load(src):
-    """Load a model from a path, an open binary file, or a module holding MODEL bytes."""
+def _word_bits():
+    # 64 on the unix port and CPython, 32 on MCUs: viper's int is one machine word.
+    try:
+        import sys
+
+        return 64 if sys.maxsize > 0x7FFFFFFF else 32
+    except (ImportError, AttributeError):
+        return 32
+
+
+def _pick(kernel):
+    if kernel is None:
+        return "viper" if _fast else "portable"
+    _kernel(kernel, 1)  # raises for an unknown or unavailable kernel
+    return kernel
+
+
+def load(src, kernel=None, stream=False, chunk=1024):
+    """Load a model from a path, an open binary file, or a module holding MODEL bytes.
+
+    kernel: 'viper', 'native' or 'portable' (default: the fastest this port has).
+    stream=True keeps the weights in the file (path or file only) and reads
+    `chunk` bytes of them at a time: RAM grows with layer width, not parameters.
+    A module's weights are used in place (no copy) by the viper kernel.
+    """
+    kernel = _pick(kernel)
     if isinstance(src, str):
         f = open(src, "rb")
         try:
-            return _read(f)
-        finally:
+            net = _read(f, kernel, not stream)
+        except Exception:
             f.close()
+            raise
+        if stream:
+            return _streaming(net, f, chunk)
+        f.close()
+        return net
     if hasattr(src, "readinto"):
-        return _read(src)
+        net = _read(src, kernel, not stream)
+        return _streaming(net, src, chunk) if stream else net
     if hasattr(src, "MODEL"):
+        if stream:
+            raise ValueError("stream=True needs a model file, not a module")
         try:
             from io import BytesIO
         except ImportError:
             from uio import BytesIO
-        return _read(BytesIO(src.MODEL))
+        data = src.MODEL
+        in_place = kernel == "viper"
+        net = _read(BytesIO(data), kernel, not in_place)
+        if in_place:
+            for layer in net.layers:
+                layer.w = data
+                layer.q[7] = layer.w_pos
+        return net
     raise TypeError("load() takes a path, a binary file or a model module")
+
+
+def _streaming(net, f, chunk):
+    # Streaming needs one weight buffer that holds at least one row of every layer.
+    widest = 0
+    sizes = 0
+    for layer in net.layers:
+        widest = max(widest, layer.n_in * layer.wsize)
+        sizes |= layer.wsize
+    net.chunk_bytes = max(chunk, widest)
+    net.chunk8 = array("b", bytes(net.chunk_bytes)) if sizes & 1 else None
+    net.chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
+    net.stream = f
+    return net

@@ -29,6 +29,12 @@ def engine_source() -> Path:
     return Path(engine.__file__)
 
 
+def firmware_files() -> list[Path]:
+    """The files that go on a board: the engine and its viper/native kernels."""
+    src = engine_source()
+    return [src, src.with_name("micromlp_viper.py")]
+
+
 # The driver runs on the VM: load, then run every input row under heap_lock
 # where the port has it (no allocation allowed inside run), print the outputs.
 _DRIVER = """
@@ -42,7 +48,7 @@ except (ImportError, AttributeError):
     lock = unlock = lambda: None
 try:
     import micromlp
-    net = micromlp.load({dir!r} + '/model.mlp')
+    net = micromlp.load({dir!r} + '/model.mlp', kernel={kernel!r}, stream={stream!r})
     x = array('i', bytes(4 * net.n_inputs))
     out = array('i', bytes(4 * net.n_outputs))
     f = open({dir!r} + '/inputs.bin', 'rb')
@@ -62,7 +68,8 @@ except Exception as e:
 
 
 def _stage(model_path: Path, xq: np.ndarray, workdir: Path) -> None:
-    shutil.copy(engine_source(), workdir / "micromlp.py")
+    for f in firmware_files():
+        shutil.copy(f, workdir / f.name)
     shutil.copy(model_path, workdir / "model.mlp")
     np.ascontiguousarray(xq, dtype="<i4").tofile(workdir / "inputs.bin")
 
@@ -92,13 +99,19 @@ def unix_exe() -> str:
 
 
 def run_unix(
-    model_path: Path, xq: np.ndarray, n_out: int, heapsize: str | None = None, timeout: float = 600
+    model_path: Path,
+    xq: np.ndarray,
+    n_out: int,
+    kernel: str | None = None,
+    stream: bool = False,
+    heapsize: str | None = None,
+    timeout: float = 600,
 ) -> np.ndarray:
     """Outputs of the engine on the MicroPython unix port (64-bit)."""
     with tempfile.TemporaryDirectory(prefix="micromlp-unix-") as tmp:
         tmp = Path(tmp)
         _stage(model_path, xq, tmp)
-        (tmp / "driver.py").write_text(_DRIVER.format(dir=str(tmp)))
+        (tmp / "driver.py").write_text(_DRIVER.format(dir=str(tmp), kernel=kernel, stream=stream))
         cmd = [unix_exe()] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + ["driver.py"]
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 and "BEGIN" not in proc.stdout:
@@ -135,38 +148,56 @@ def wasm_run(
         raise VMError(f"wasm: {e} (an uncaught error, or out of fuel or memory)") from None
 
 
-def run_wasm(model_path: Path, xq: np.ndarray, n_out: int) -> np.ndarray:
+def run_wasm(
+    model_path: Path, xq: np.ndarray, n_out: int, kernel: str | None = None, stream: bool = False
+) -> np.ndarray:
     """Outputs of the engine on the 32-bit WASI MicroPython, each run under heap_lock."""
     with tempfile.TemporaryDirectory(prefix="micromlp-wasm-") as tmp:
         tmp = Path(tmp)
         _stage(model_path, xq, tmp)
-        result = wasm_run(_DRIVER.format(dir="/input"), readonly_dir=tmp)
+        result = wasm_run(
+            _DRIVER.format(dir="/input", kernel=kernel, stream=stream), readonly_dir=tmp
+        )
         return _parse(result.stdout, "wasm", len(xq), n_out)
 
 
-def run_cpython(model_path: Path, xq: np.ndarray, n_out: int) -> np.ndarray:
+def run_cpython(
+    model_path: Path, xq: np.ndarray, n_out: int, kernel: str | None = None, stream: bool = False
+) -> np.ndarray:
     """Outputs of the engine imported into this CPython process."""
     from array import array
 
     from ..firmware import micromlp as engine
 
-    net = engine.load(str(model_path))
+    net = engine.load(str(model_path), kernel=kernel, stream=stream)
     out = array("i", bytes(4 * n_out))
     rows = []
     for x in np.asarray(xq, dtype=np.int64).tolist():
         net.run(x, out)
         rows.append(list(out))
+    net.close()
     return np.array(rows, dtype=np.int64).reshape(len(rows), n_out)
 
 
-def run_firmware(vm: str, model_path: str | Path, xq: np.ndarray, n_out: int) -> np.ndarray:
-    """Dispatch to one firmware VM by name (cpython, unix, wasm)."""
+def run_firmware(
+    vm: str,
+    model_path: str | Path,
+    xq: np.ndarray,
+    n_out: int,
+    kernel: str | None = None,
+    stream: bool = False,
+) -> np.ndarray:
+    """Dispatch to one firmware VM by name (cpython, unix, wasm).
+
+    kernel None lets the engine pick the fastest the VM has; stream=True keeps
+    the weights in the file.
+    """
     model_path = Path(model_path)
     xq = np.atleast_2d(np.asarray(xq, dtype=np.int64))
     if vm == "cpython":
-        return run_cpython(model_path, xq, n_out)
+        return run_cpython(model_path, xq, n_out, kernel, stream)
     if vm == "unix":
-        return run_unix(model_path, xq, n_out)
+        return run_unix(model_path, xq, n_out, kernel, stream)
     if vm == "wasm":
-        return run_wasm(model_path, xq, n_out)
+        return run_wasm(model_path, xq, n_out, kernel, stream)
     raise VMError(f"unknown VM {vm!r}; choose from {', '.join(FIRMWARE_VMS)}")

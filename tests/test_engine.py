@@ -8,19 +8,36 @@ import numpy as np
 import pytest
 from helpers import calib_data, export, make_mlp, torch_out
 from micromlp.export.qmodel import QuantLayer
+from micromlp.export.quantize import QuantOptions
 from micromlp.host import reference, vms
 
+W16 = QuantOptions(weight_bits=16)
+A16 = QuantOptions(act_bits=16)
 ARCHS = [
-    (f"bias{''.join('1' if b else '0' for b in bias)}", [6, 9, 7, 4], list(bias), "float")
+    (f"bias{''.join('1' if b else '0' for b in bias)}", [6, 9, 7, 4], list(bias), "float", None)
     for bias in itertools.product([True, False], repeat=3)
 ] + [
-    ("single-linear", [7, 3], [True], "float"),
-    ("single-linear-nobias", [7, 3], [False], "int"),
-    ("depth5", [10, 12, 9, 8, 6, 4], True, "float"),
-    ("width1", [1, 1], True, "float"),
-    ("width1-hidden", [1, 1, 1], [False, True], "int"),
-    ("width128", [128, 128, 10], True, "int"),
-    ("narrow-wide-narrow", [3, 128, 1], True, "float"),
+    ("single-linear", [7, 3], [True], "float", None),
+    ("single-linear-nobias", [7, 3], [False], "int", None),
+    ("depth5", [10, 12, 9, 8, 6, 4], True, "float", None),
+    ("width1", [1, 1], True, "float", None),
+    ("width1-hidden", [1, 1, 1], [False, True], "int", None),
+    ("width128", [128, 128, 10], True, "int", None),
+    ("narrow-wide-narrow", [3, 128, 1], True, "float", None),
+    ("w16", [6, 9, 7, 4], [True, False, True], "float", W16),
+    ("a16", [5, 8, 3], True, "float", A16),
+]
+# (vm, kernel, stream): every kernel on the unix port (it has all three), the
+# portable one on CPython and on 32-bit WASI, and streaming weights from the file.
+BACKENDS = [
+    ("cpython", "portable", False),
+    ("cpython", "portable", True),
+    ("unix", "viper", False),
+    ("unix", "native", False),
+    ("unix", "portable", False),
+    ("unix", "viper", True),
+    ("wasm", "portable", False),
+    ("wasm", "portable", True),
 ]
 
 
@@ -39,20 +56,22 @@ test_inputs.__test__ = False  # a helper, not a test
 
 @pytest.fixture(scope="module", params=ARCHS, ids=[a[0] for a in ARCHS])
 def exported(request, tmp_path_factory):
-    name, sizes, bias, kind = request.param
+    name, sizes, bias, kind, opts = request.param
     module = make_mlp(sizes, bias, seed=len(name))
     x = calib_data(sizes[0], kind=kind)
     path = tmp_path_factory.mktemp(name) / "m.mlp"
-    model = export(module, x, path)
+    model = export(module, x, path, opts)
     return module, x, path, model
 
 
-@pytest.mark.parametrize("vm", vms.FIRMWARE_VMS)
-def test_vm_bit_exact_with_reference(exported, vm):
+@pytest.mark.parametrize("vm, kernel, stream", BACKENDS,
+                         ids=[f"{v}-{k}{'-stream' if s else ''}" for v, k, s in BACKENDS])
+def test_vm_bit_exact_with_reference(exported, vm, kernel, stream):
     _, _, path, model = exported
     xq = test_inputs(model, 40, seed=3)
     ref = reference.run(model, xq).out
-    out = vms.run_firmware(vm, path, xq, model.n_outputs)
+    # the VM driver runs every inference under micropython.heap_lock where the port has it
+    out = vms.run_firmware(vm, path, xq, model.n_outputs, kernel, stream)
     assert out.shape == ref.shape
     assert np.array_equal(out, ref)
 

@@ -46,7 +46,7 @@ def test_roundtrip_is_identical(small):
         assert (a.b is None) == (b.b is None)
     net = engine.load(str(path))
     assert (net.n_inputs, net.n_outputs) == (5, 3)
-    assert net.layers[0].b is not None and net.layers[1].b is None
+    assert net.layers[0].has_bias and not net.layers[1].has_bias
 
 
 CASES = {

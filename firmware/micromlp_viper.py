@@ -1,0 +1,96 @@
+# Fast kernels for micromlp.py on ports with the native and viper emitters.
+#
+# Same contract as micromlp._linear (the portable kernel): rows q[5]..q[6]-1 of
+# y = clamp(round((W x + b) * mult / 2**shift)); layout of q in micromlp.py.
+# Every value stays below 2**30 (the exporter proves it), so a viper machine
+# word never wraps. Viper loads are unsigned: weights are sign-extended by
+# xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[8] = 32).
+import micropython
+
+
+@micropython.viper
+def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
+    n = q[0]
+    lo = q[2]
+    hi = q[3]
+    bias = q[4]
+    o = q[5]
+    end = q[6]
+    k = q[7]
+    sx = q[8]
+    lo = (lo << sx) >> sx
+    hi = (hi << sx) >> sx
+    while o < end:
+        j = 9 + 4 * o
+        acc = 0
+        if bias:
+            acc = (q[j] << sx) >> sx
+        stop = k + n
+        i = 0
+        while k < stop:
+            acc += ((int(w[k]) ^ 0x80) - 0x80) * ((x[i] << sx) >> sx)
+            k += 1
+            i += 1
+        acc = (acc * q[j + 1] + q[j + 2]) >> q[j + 3]
+        if acc < lo:
+            acc = lo
+        elif acc > hi:
+            acc = hi
+        y[o] = acc
+        o += 1
+
+
+@micropython.viper
+def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
+    n = q[0]
+    lo = q[2]
+    hi = q[3]
+    bias = q[4]
+    o = q[5]
+    end = q[6]
+    k = q[7] >> 1  # byte offset to int16 index
+    sx = q[8]
+    lo = (lo << sx) >> sx
+    hi = (hi << sx) >> sx
+    while o < end:
+        j = 9 + 4 * o
+        acc = 0
+        if bias:
+            acc = (q[j] << sx) >> sx
+        stop = k + n
+        i = 0
+        while k < stop:
+            acc += ((int(w[k]) ^ 0x8000) - 0x8000) * ((x[i] << sx) >> sx)
+            k += 1
+            i += 1
+        acc = (acc * q[j + 1] + q[j + 2]) >> q[j + 3]
+        if acc < lo:
+            acc = lo
+        elif acc > hi:
+            acc = hi
+        y[o] = acc
+        o += 1
+
+
+@micropython.native
+def linear_native(x, w, q, y):
+    # micromlp._linear one row at a time, compiled to machine code.
+    lo = q[2]
+    hi = q[3]
+    bias = q[4]
+    o = q[5]
+    end = q[6]
+    k = q[7]
+    while o < end:
+        j = 9 + 4 * o
+        acc = q[j] if bias else 0
+        for xv in x:
+            acc += w[k] * xv
+            k += 1
+        acc = (acc * q[j + 1] + q[j + 2]) >> q[j + 3]
+        if acc < lo:
+            acc = lo
+        elif acc > hi:
+            acc = hi
+        y[o] = acc
+        o += 1
