@@ -54,7 +54,7 @@ def to_bytes(model: QuantModel) -> bytes:
     body += model.in_zero.astype("<i4").tobytes()
     for layer in model.layers:
         start = len(body)
-        wtype = "<i1" if layer.w_bits == 8 else "<i2"
+        # 8-bit weights are stored offset-binary (u = w + 128, docs/format.md)
         flags = (FLAG_BIAS if layer.has_bias else 0) | (FLAG_FOLDED if layer.bias_note else 0)
         size = layer_size(layer.n_in, layer.n_out, layer.w_bits, layer.has_bias)
         body += _LAYER.pack(
@@ -72,7 +72,10 @@ def to_bytes(model: QuantModel) -> bytes:
             layer.out_scale,
             layer.error_bound,
         )
-        body += _pad(layer.w.astype(wtype).tobytes())
+        if layer.w_bits == 8:
+            body += _pad((layer.w.astype(np.int16) + 128).astype("u1").tobytes())
+        else:
+            body += _pad(layer.w.astype("<i2").tobytes())
         if layer.has_bias:
             body += layer.b.astype("<i4").tobytes()
         body += layer.mult.astype("<i4").tobytes()
@@ -130,7 +133,22 @@ class _Cursor:
         return np.frombuffer(raw, dtype=dtype).copy()
 
 
-def _read_layer(cur: _Cursor, index: int, n_in_expected: int, fsize: int) -> QuantLayer:
+def running_sum_bound(w_bits: int, b: np.ndarray | None, n_in: int, x_max: int) -> int:
+    """Bound of the engine's running sum for 8-bit (offset-binary) weights.
+
+    The kernels start from b - 128 * sum(x) and add u * x = (w + 128) * x term by
+    term, so a running sum is b + (a prefix of w x) - 128 (the rest of x), within
+    max|b| + 128 * n_in * max|x|. 16-bit weights are plain: 0 (the acc bound covers them).
+    """
+    if w_bits != 8:
+        return 0
+    b_max = int(np.abs(b.astype(np.int64)).max()) if b is not None else 0
+    return b_max + 128 * n_in * int(x_max)
+
+
+def _read_layer(
+    cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize: int
+) -> QuantLayer:
     at = cur.pos
     (size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound, in_scale, out_scale, err) = (
         _LAYER.unpack(cur.take(LAYER_HEADER_SIZE, f"layer {index} header"))
@@ -159,9 +177,13 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int, fsize: int) -> Qua
         raise bad(f"size field is {size}, expected {expect}")
     if at + size + 4 > fsize:
         raise bad(f"{size} bytes run past the file size {fsize}")
-    wtype = "<i1" if w_bits == 8 else "<i2"
+    wtype = "u1" if w_bits == 8 else "<i2"
     w = cur.array(wtype, n_in * n_out, f"layer {index} weights").reshape(n_out, n_in)
+    w = (w.astype(np.int16) - 128).astype(np.int8) if w_bits == 8 else w
     b = cur.array("<i4", n_out, f"layer {index} bias") if has_bias else None
+    run = running_sum_bound(w_bits, b, n_in, x_max)
+    if run >= SMALL_INT:
+        raise bad(f"running sum can reach {run} >= 2**30 (8-bit weights are offset by 128)")
     mult = cur.array("<i4", n_out, f"layer {index} multipliers")
     shift = cur.array("u1", n_out, f"layer {index} shifts")
     w_scale = cur.array("<f4", n_out, f"layer {index} weight scales")
@@ -224,9 +246,11 @@ def from_bytes(data: bytes) -> QuantModel:
     in_zero = np.frombuffer(table[4 * n_inputs :], dtype="<i4").copy()
     layers = []
     n_in = n_inputs
+    x_max = max(-in_lo, in_hi)
     for i in range(n_layers):
-        layers.append(_read_layer(cur, i, n_in, fsize))
+        layers.append(_read_layer(cur, i, n_in, x_max, fsize))
         n_in = layers[-1].n_out
+        x_max = max(-layers[-1].lo, layers[-1].hi)
     if n_in != n_outputs:
         raise ModelFileError(f"offset 16: header says {n_outputs} outputs, last layer has {n_in}")
     at = cur.pos

@@ -16,7 +16,7 @@ import numpy as np
 
 from .fold import fold_input_affine
 from .layers import ExportError, FloatLayer, check, forward
-from .modelfile import accumulator_bound
+from .modelfile import accumulator_bound, running_sum_bound
 from .qmodel import ACT_NONE, ACT_RELU, SMALL_INT, QuantLayer, QuantModel
 
 
@@ -132,6 +132,13 @@ def quantize(
             raise ExportError(
                 f"{where}: the accumulator can reach {bound} >= 2**30 for inputs in range; "
                 f"use fewer weight or activation bits, or a narrower input range"
+            )
+        run = running_sum_bound(opts.weight_bits, b_q, layer.n_in, x_max)
+        if run >= SMALL_INT:
+            raise ExportError(
+                f"{where}: with 8-bit weights (stored offset by 128) a running sum can reach "
+                f"{run} >= 2**30 for inputs up to {x_max}; use --weight-bits 16 or fewer "
+                f"activation bits"
             )
         m_real = s_x * s_w / s_y
         mult = np.zeros(layer.n_out, dtype=np.int64)

@@ -47,10 +47,11 @@ _FLAG_FOLDED = const(2)  # informational: the bias came from folding
 _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below this
 
 # A layer's parameters as one int32 array q, shared by every kernel:
-# q[0..8] = n_in, n_out, lo, hi, has_bias, first row, end row, weight offset,
-# 32 on 64-bit ports (viper sign-extends with it) else 0; then per channel
-# c at 9 + 4*c: bias, mult, rnd = 2**(shift-1) or 0, shift.
-_Q = const(9)
+# q[0..9] = n_in, n_out, lo, hi, has_bias, first row, end row, weight offset,
+# 32 on 64-bit ports (viper sign-extends with it) else 0, weight zero point
+# (128 for 8-bit weights, stored offset-binary, else 0); then per channel c
+# at 10 + 4*c: bias, mult, rnd = 2**(shift-1) or 0, shift.
+_Q = const(10)
 
 VERSION = "0.1.0"
 
@@ -83,8 +84,10 @@ def _requant(acc, q, j, lo, hi):
 
 def _linear(x, w, q, y):
     # The portable kernel: rows q[5]..q[6]-1 of y = clamp(round((W x + b) * mult
-    # / 2**shift)), weights of row q[5] at w[q[7]]. Two rows share each pass over
-    # x: it saves a loop step and an index increment per multiply-add.
+    # / 2**shift)), weights of row q[5] at w[q[7]]. 8-bit weights are stored as
+    # u = w + 128, so sum(w x) = sum(u x) - 128 sum(x): plain bytes, no sign
+    # fix per multiply. Two rows share each pass over x: it saves a loop step
+    # and an index increment per multiply-add.
     n = q[0]
     lo = q[2]
     hi = q[3]
@@ -92,10 +95,15 @@ def _linear(x, w, q, y):
     o = q[5]
     end = q[6]
     k = q[7]
+    s = 0
+    if q[9]:
+        for xv in x:
+            s += xv
+        s *= q[9]
     j = _Q + 4 * o
     while o + 1 < end:
-        a0 = q[j] if bias else 0
-        a1 = q[j + 4] if bias else 0
+        a0 = (q[j] if bias else 0) - s
+        a1 = (q[j + 4] if bias else 0) - s
         for xv in x:
             a0 += w[k] * xv
             a1 += w[k + n] * xv
@@ -106,7 +114,7 @@ def _linear(x, w, q, y):
         o += 2
         j += 8
     if o < end:
-        a0 = q[j] if bias else 0
+        a0 = (q[j] if bias else 0) - s
         for xv in x:
             a0 += w[k] * xv
             k += 1
@@ -290,10 +298,13 @@ class _Reader:
             left -= got
 
     def array(self, typecode, count, itemsize, what, keep=True):
+        # A typed array read straight from the stream; 'B' is a bytearray,
+        # which (unlike array()) needs no zeroed temporary copy to create.
         nbytes = count * itemsize
         buf = None
         if keep:
-            buf = self.fill(array(typecode, bytes(nbytes)), what, nbytes)
+            buf = bytearray(nbytes) if typecode == "B" else array(typecode, bytes(nbytes))
+            self.fill(buf, what, nbytes)
         else:
             self.skip(nbytes, what)
         pad = (-nbytes) & 3
@@ -302,7 +313,8 @@ class _Reader:
         return buf
 
 
-def _read_layer(r, index, n_in_expected, fsize, keep, sx):
+def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx):
+    # keep: bit 0 keeps 8-bit weights in RAM, bit 1 keeps 16-bit ones.
     at = r.pos
     h = r.fill(bytearray(_LAYER_HEADER_SIZE), "layer %d header" % index)
     size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound = struct.unpack("<IHHBBBBiiI", h[:24])
@@ -339,15 +351,24 @@ def _read_layer(r, index, n_in_expected, fsize, keep, sx):
     if at + size + 4 > fsize:
         raise bad("%d bytes run past the file size %d" % (size, fsize))
     w_pos = r.pos
-    w = r.array("b" if wsize == 1 else "h", n_in * n_out, wsize, "layer %d weights" % index, keep)
+    w = r.array("B" if wsize == 1 else "h", n_in * n_out, wsize, "layer %d weights" % index,
+                keep & wsize)
+    zw = 128 if wsize == 1 else 0
     q = array("i", bytes(4 * (_Q + 4 * n_out)))
-    for i, v in enumerate((n_in, n_out, lo, hi, has_bias, 0, n_out, 0, sx)):
+    for i, v in enumerate((n_in, n_out, lo, hi, has_bias, 0, n_out, 0, sx, zw)):
         q[i] = v
+    b_max = 0
     if has_bias:
         b = r.array("i", n_out, 4, "layer %d bias" % index)
         for c in range(n_out):
             q[_Q + 4 * c] = b[c]
+            b_max = max(b_max, abs(b[c]))
         b = None
+    # Offset-binary weights: a running sum is b + (some w x) - 128 (the other x),
+    # so it stays within max|b| + 128 n max|x|; check that here, on the board.
+    run = b_max + zw * n_in * x_max
+    if run >= _SMALL:
+        raise bad("running sum can reach %d >= 2**30 (8-bit weights are offset by 128)" % run)
     mult = r.array("i", n_out, 4, "layer %d multipliers" % index)
     shift = r.array("B", n_out, 1, "layer %d shifts" % index)
     r.skip(4 * n_out, "layer %d weight scales" % index)
@@ -391,8 +412,10 @@ def _read(f, kernel, keep):
     sx = 32 if _word_bits() == 64 else 0
     layers = []
     n_in = n_inputs
+    x_max = max(-in_lo, in_hi)
     for i in range(n_layers):
-        q, w, w_pos, wsize, relu = _read_layer(r, i, n_in, fsize, keep, sx)
+        q, w, w_pos, wsize, relu = _read_layer(r, i, n_in, x_max, fsize, keep, sx)
+        x_max = max(-q[2], q[3])
         layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel != "portable")
         layer.w_pos = w_pos
         layers.append(layer)
@@ -440,13 +463,13 @@ def load(src, kernel=None, stream=False, chunk=1024):
     kernel: 'viper', 'native' or 'portable' (default: the fastest this port has).
     stream=True keeps the weights in the file (path or file only) and reads
     `chunk` bytes of them at a time: RAM grows with layer width, not parameters.
-    A module's weights are used in place (no copy) by the viper kernel.
+    A module's 8-bit weights are used in place, not copied.
     """
     kernel = _pick(kernel)
     if isinstance(src, str):
         f = open(src, "rb")
         try:
-            net = _read(f, kernel, not stream)
+            net = _read(f, kernel, 0 if stream else 3)
         except Exception:
             f.close()
             raise
@@ -455,7 +478,7 @@ def load(src, kernel=None, stream=False, chunk=1024):
         f.close()
         return net
     if hasattr(src, "readinto"):
-        net = _read(src, kernel, not stream)
+        net = _read(src, kernel, 0 if stream else 3)
         return _streaming(net, src, chunk) if stream else net
     if hasattr(src, "MODEL"):
         if stream:
@@ -464,11 +487,12 @@ def load(src, kernel=None, stream=False, chunk=1024):
             from io import BytesIO
         except ImportError:
             from uio import BytesIO
+        # 8-bit weights are used where they are (no RAM when the module is
+        # frozen or in ROMFS); 16-bit ones are copied, as they need alignment.
         data = src.MODEL
-        in_place = kernel == "viper"
-        net = _read(BytesIO(data), kernel, not in_place)
-        if in_place:
-            for layer in net.layers:
+        net = _read(BytesIO(data), kernel, 2)
+        for layer in net.layers:
+            if layer.w is None:
                 layer.w = data
                 layer.q[7] = layer.w_pos
         return net
@@ -483,7 +507,7 @@ def _streaming(net, f, chunk):
         widest = max(widest, layer.n_in * layer.wsize)
         sizes |= layer.wsize
     net.chunk_bytes = max(chunk, widest)
-    net.chunk8 = array("b", bytes(net.chunk_bytes)) if sizes & 1 else None
+    net.chunk8 = bytearray(net.chunk_bytes) if sizes & 1 else None
     net.chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
     net.stream = f
     return net

@@ -3,8 +3,9 @@
 # Same contract as micromlp._linear (the portable kernel): rows q[5]..q[6]-1 of
 # y = clamp(round((W x + b) * mult / 2**shift)); layout of q in micromlp.py.
 # Every value stays below 2**30 (the exporter proves it), so a viper machine
-# word never wraps. Viper loads are unsigned: weights are sign-extended by
-# xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[8] = 32).
+# word never wraps. Viper loads are unsigned: 8-bit weights are stored as
+# w + 128 (so sum(w x) = sum(u x) - 128 sum(x)), 16-bit ones are sign-extended
+# by xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[8] = 32).
 import micropython
 
 
@@ -20,15 +21,21 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
     sx = q[8]
     lo = (lo << sx) >> sx
     hi = (hi << sx) >> sx
+    s = 0
+    i = 0
+    while i < n:
+        s += (x[i] << sx) >> sx
+        i += 1
+    s = s << 7
     while o < end:
-        j = 9 + 4 * o
-        acc = 0
+        j = 10 + 4 * o
+        acc = 0 - s
         if bias:
-            acc = (q[j] << sx) >> sx
+            acc += (q[j] << sx) >> sx
         stop = k + n
         i = 0
         while k < stop:
-            acc += ((int(w[k]) ^ 0x80) - 0x80) * ((x[i] << sx) >> sx)
+            acc += int(w[k]) * ((x[i] << sx) >> sx)
             k += 1
             i += 1
         acc = (acc * q[j + 1] + q[j + 2]) >> q[j + 3]
@@ -53,7 +60,7 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
     lo = (lo << sx) >> sx
     hi = (hi << sx) >> sx
     while o < end:
-        j = 9 + 4 * o
+        j = 10 + 4 * o
         acc = 0
         if bias:
             acc = (q[j] << sx) >> sx
@@ -81,9 +88,14 @@ def linear_native(x, w, q, y):
     o = q[5]
     end = q[6]
     k = q[7]
+    s = 0
+    if q[9]:
+        for xv in x:
+            s += xv
+        s *= q[9]
     while o < end:
-        j = 9 + 4 * o
-        acc = q[j] if bias else 0
+        j = 10 + 4 * o
+        acc = (q[j] if bias else 0) - s
         for xv in x:
             acc += w[k] * xv
             k += 1

@@ -32,6 +32,8 @@ def run(model: QuantModel, xq: np.ndarray) -> ReferenceResult:
         acc = x @ layer.w.astype(np.int64).T
         if layer.b is not None:
             acc = acc + layer.b.astype(np.int64)
+        if layer.w_bits == 8:
+            _check_running_sums(i, layer, x)
         scaled = acc * layer.mult.astype(np.int64) + layer.rnd
         peak = max(int(np.abs(acc).max(initial=0)), int(np.abs(scaled).max(initial=0)))
         if peak >= SMALL_INT:
@@ -42,6 +44,21 @@ def run(model: QuantModel, xq: np.ndarray) -> ReferenceResult:
         saturated |= np.any(high | low, axis=1)
         x = np.clip(y, layer.lo, layer.hi)
     return ReferenceResult(out=x, saturated=saturated)
+
+
+def _check_running_sums(index: int, layer, x: np.ndarray) -> None:
+    """Replay the kernels' running sums for offset-binary weights: start at
+    b - 128 * sum(x), add (w + 128) * x term by term; none may reach 2**30."""
+    u = layer.w.astype(np.int64) + 128
+    b = layer.b.astype(np.int64) if layer.b is not None else np.zeros(layer.n_out, np.int64)
+    step = max(1, (1 << 22) // max(1, layer.n_out * layer.n_in))
+    for start in range(0, len(x), step):
+        xs = x[start : start + step]
+        run = b[None, :, None] - 128 * xs.sum(axis=1)[:, None, None]
+        run = run + np.cumsum(u[None, :, :] * xs[:, None, :], axis=2)
+        peak = int(np.abs(run).max(initial=0))
+        if peak >= SMALL_INT:
+            raise BoundViolation(f"layer {index}: a running sum reached {peak} >= 2**30")
 
 
 def predict(model: QuantModel, xq: np.ndarray) -> np.ndarray:
