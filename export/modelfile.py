@@ -146,9 +146,7 @@ def running_sum_bound(w_bits: int, b: np.ndarray | None, n_in: int, x_max: int) 
     return b_max + 128 * n_in * int(x_max)
 
 
-def _read_layer(
-    cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize: int
-) -> QuantLayer:
+def _read_layer(cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize: int) -> QuantLayer:
     at = cur.pos
     (size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound, in_scale, out_scale, err) = (
         _LAYER.unpack(cur.take(LAYER_HEADER_SIZE, f"layer {index} header"))

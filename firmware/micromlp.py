@@ -47,11 +47,12 @@ _FLAG_FOLDED = const(2)  # informational: the bias came from folding
 _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below this
 
 # A layer's parameters as one int32 array q, shared by every kernel:
-# q[0..9] = n_in, n_out, lo, hi, has_bias, first row, end row, weight offset,
-# 32 on 64-bit ports (viper sign-extends with it) else 0, weight zero point
-# (128 for 8-bit weights, stored offset-binary, else 0); then per channel c
-# at 10 + 4*c: bias, mult, rnd = 2**(shift-1) or 0, shift.
-_Q = const(10)
+# q[0..10] = n_in, n_out, lo, hi, has_bias, first row, end row, weight offset,
+# 32 on 64-bit ports (viper sign-extends 32-bit loads with it) else 0, weight
+# zero point (128 for 8-bit weights, stored offset-binary, else 0), the same
+# shift for the inputs (0 when they are never negative); then per channel c
+# at 11 + 4*c: bias, mult, rnd = 2**(shift-1) or 0, shift.
+_Q = const(11)
 
 VERSION = "0.1.0"
 
@@ -73,21 +74,16 @@ def _soft_crc32(data, crc):
     return crc ^ 0xFFFFFFFF
 
 
-def _requant(acc, q, j, lo, hi):
-    acc = (acc * q[j + 1] + q[j + 2]) >> q[j + 3]
-    if acc < lo:
-        return lo
-    if acc > hi:
-        return hi
-    return acc
+_ACC = [0, 0, 0, 0]  # the portable kernel's accumulators, handed to its epilogue
 
 
 def _linear(x, w, q, y):
     # The portable kernel: rows q[5]..q[6]-1 of y = clamp(round((W x + b) * mult
     # / 2**shift)), weights of row q[5] at w[q[7]]. 8-bit weights are stored as
     # u = w + 128, so sum(w x) = sum(u x) - 128 sum(x): plain bytes, no sign
-    # fix per multiply. Two rows share each pass over x: it saves a loop step
-    # and an index increment per multiply-add.
+    # fix per multiply. Four rows share each pass over x, which saves loop steps
+    # and index updates per multiply-add, and a zero input (ReLU makes many)
+    # skips its four multiply-adds; the rest go one row at a time.
     n = q[0]
     lo = q[2]
     hi = q[3]
@@ -100,25 +96,66 @@ def _linear(x, w, q, y):
         for xv in x:
             s += xv
         s *= q[9]
-    j = _Q + 4 * o
-    while o + 1 < end:
-        a0 = (q[j] if bias else 0) - s
-        a1 = (q[j + 4] if bias else 0) - s
-        for xv in x:
-            a0 += w[k] * xv
-            a1 += w[k + n] * xv
-            k += 1
-        y[o] = _requant(a0, q, j, lo, hi)
-        y[o + 1] = _requant(a1, q, j + 4, lo, hi)
-        k += n
-        o += 2
-        j += 8
-    if o < end:
-        a0 = (q[j] if bias else 0) - s
-        for xv in x:
-            a0 += w[k] * xv
-            k += 1
-        y[o] = _requant(a0, q, j, lo, hi)
+    n2 = n + n
+    n3 = n2 + n
+    acc = _ACC
+    while o < end:
+        j = _Q + 4 * o
+        if o + 3 < end:
+            a0 = a1 = a2 = a3 = -s
+            if bias:
+                a0 += q[j]
+                a1 += q[j + 4]
+                a2 += q[j + 8]
+                a3 += q[j + 12]
+            for xv in x:
+                if xv:
+                    a0 += w[k] * xv
+                    a1 += w[k + n] * xv
+                    a2 += w[k + n2] * xv
+                    a3 += w[k + n3] * xv
+                k += 1
+            acc[0] = a0
+            acc[1] = a1
+            acc[2] = a2
+            acc[3] = a3
+            k += n3
+            rows = 4
+        else:
+            a0 = (q[j] if bias else 0) - s
+            for xv in x:
+                a0 += w[k] * xv
+                k += 1
+            acc[0] = a0
+            rows = 1
+        # Requantize: round half up ((v + 2**(shift-1)) >> shift; >> floors), clamp.
+        for t in range(rows):
+            v = (acc[t] * q[j + 1] + q[j + 2]) >> q[j + 3]
+            if v < lo:
+                v = lo
+            elif v > hi:
+                v = hi
+            y[o] = v
+            o += 1
+            j += 4
+
+
+def _prep(x, xq, b):
+    # xq = x clamped to [b[1], b[2]]
+    lo = b[1]
+    hi = b[2]
+    for i in range(b[0]):
+        v = x[i]
+        if v < lo:
+            v = lo
+        elif v > hi:
+            v = hi
+        xq[i] = v
+
+
+def _copy(y, out, b):
+    for i in range(b[4]):
+        out[i] = y[i]
 
 
 KERNELS = ("viper", "native", "portable")
@@ -177,10 +214,22 @@ class Net:
         self.out_scale = out_scale
         self.kernel = kernel
         self.stream = None  # the open model file when weights stay on storage
-        if kernel == "portable":
-            self.x = [0] * self.n_inputs
-        else:
-            self.x = array("i", bytes(4 * self.n_inputs))
+        fast = _fast if kernel != "portable" else None
+        self.x = array("i", bytes(4 * self.n_inputs)) if fast else [0] * self.n_inputs
+        # what run() needs, gathered once: the input clamp, each layer's kernel
+        # call, and the copy of the result
+        self.prep = fast.prep if fast else _prep
+        self.copy = fast.copy if fast else _copy
+        # viper sign-extends 32-bit loads on 64-bit ports where values can be < 0
+        sx = 32 if fast and _word_bits() == 64 else 0
+        self.bounds = array("i", [self.n_inputs, in_lo, in_hi, sx if in_lo < 0 else 0,
+                                  self.n_outputs, sx if layers[-1].q[2] < 0 else 0])
+        self.plan = None
+
+    def _ready(self):
+        # Each layer's kernel call, gathered once its weights are in place.
+        self.plan = tuple([(layer.fn, layer.w, layer.q, layer.y) for layer in self.layers])
+        return self
 
     def __repr__(self):
         return "Net(%s)" % ", ".join([repr(layer) for layer in self.layers])
@@ -193,23 +242,16 @@ class Net:
             out = array("i", bytes(4 * self.n_outputs))
         # Clamp inputs to the declared range: the overflow proof assumes it.
         xq = self.x
-        lo = self.in_lo
-        hi = self.in_hi
-        for i in range(self.n_inputs):
-            v = x[i]
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            xq[i] = v
-        for layer in self.layers:
-            if self.stream is None:
-                layer.fn(xq, layer.w, layer.q, layer.y)
-            else:
+        self.prep(x, xq, self.bounds)
+        if self.stream is None:
+            for fn, w, q, y in self.plan:
+                fn(xq, w, q, y)
+                xq = y
+        else:
+            for layer in self.layers:
                 self._stream_layer(xq, layer)
-            xq = layer.y
-        for i in range(self.n_outputs):
-            out[i] = xq[i]
+                xq = layer.y
+        self.copy(xq, out, self.bounds)
         return out
 
     def _stream_layer(self, x, layer):
@@ -313,7 +355,7 @@ class _Reader:
         return buf
 
 
-def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx):
+def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
     # keep: bit 0 keeps 8-bit weights in RAM, bit 1 keeps 16-bit ones.
     at = r.pos
     h = r.fill(bytearray(_LAYER_HEADER_SIZE), "layer %d header" % index)
@@ -355,7 +397,7 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx):
                 keep & wsize)
     zw = 128 if wsize == 1 else 0
     q = array("i", bytes(4 * (_Q + 4 * n_out)))
-    for i, v in enumerate((n_in, n_out, lo, hi, has_bias, 0, n_out, 0, sx, zw)):
+    for i, v in enumerate((n_in, n_out, lo, hi, has_bias, 0, n_out, 0, sx, zw, xsx)):
         q[i] = v
     b_max = 0
     if has_bias:
@@ -413,9 +455,13 @@ def _read(f, kernel, keep):
     layers = []
     n_in = n_inputs
     x_max = max(-in_lo, in_hi)
+    x_lo = in_lo
     for i in range(n_layers):
-        q, w, w_pos, wsize, relu = _read_layer(r, i, n_in, x_max, fsize, keep, sx)
+        # viper sign-extends inputs only where they can be negative
+        q, w, w_pos, wsize, relu = _read_layer(r, i, n_in, x_max, fsize, keep, sx,
+                                               sx if x_lo < 0 else 0)
         x_max = max(-q[2], q[3])
+        x_lo = q[2]
         layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel != "portable")
         layer.w_pos = w_pos
         layers.append(layer)
@@ -476,10 +522,10 @@ def load(src, kernel=None, stream=False, chunk=1024):
         if stream:
             return _streaming(net, f, chunk)
         f.close()
-        return net
+        return net._ready()
     if hasattr(src, "readinto"):
         net = _read(src, kernel, 0 if stream else 3)
-        return _streaming(net, src, chunk) if stream else net
+        return _streaming(net, src, chunk) if stream else net._ready()
     if hasattr(src, "MODEL"):
         if stream:
             raise ValueError("stream=True needs a model file, not a module")
@@ -495,7 +541,7 @@ def load(src, kernel=None, stream=False, chunk=1024):
             if layer.w is None:
                 layer.w = data
                 layer.q[7] = layer.w_pos
-        return net
+        return net._ready()
     raise TypeError("load() takes a path, a binary file or a model module")
 
 
@@ -510,4 +556,4 @@ def _streaming(net, f, chunk):
     net.chunk8 = bytearray(net.chunk_bytes) if sizes & 1 else None
     net.chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
     net.stream = f
-    return net
+    return net._ready()

@@ -5,7 +5,8 @@
 # Every value stays below 2**30 (the exporter proves it), so a viper machine
 # word never wraps. Viper loads are unsigned: 8-bit weights are stored as
 # w + 128 (so sum(w x) = sum(u x) - 128 sum(x)), 16-bit ones are sign-extended
-# by xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[8] = 32).
+# by xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[8] = 32;
+# q[10] = 32 too when the layer's inputs can be negative).
 import micropython
 
 
@@ -19,25 +20,32 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
     end = q[6]
     k = q[7]
     sx = q[8]
+    xsx = q[10]  # 0 when this layer's inputs are never negative
     lo = (lo << sx) >> sx
     hi = (hi << sx) >> sx
     s = 0
     i = 0
     while i < n:
-        s += (x[i] << sx) >> sx
+        s += (x[i] << xsx) >> xsx
         i += 1
     s = s << 7
     while o < end:
-        j = 10 + 4 * o
+        j = 11 + 4 * o
         acc = 0 - s
         if bias:
             acc += (q[j] << sx) >> sx
-        stop = k + n
         i = 0
-        while k < stop:
-            acc += int(w[k]) * ((x[i] << sx) >> sx)
-            k += 1
-            i += 1
+        if xsx:
+            while i < n:
+                acc += int(w[k + i]) * ((x[i] << xsx) >> xsx)
+                i += 1
+        else:
+            while i < n:
+                xv = x[i]
+                if xv:
+                    acc += int(w[k + i]) * xv
+                i += 1
+        k += n
         acc = (acc * q[j + 1] + q[j + 2]) >> q[j + 3]
         if acc < lo:
             acc = lo
@@ -60,7 +68,7 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
     lo = (lo << sx) >> sx
     hi = (hi << sx) >> sx
     while o < end:
-        j = 10 + 4 * o
+        j = 11 + 4 * o
         acc = 0
         if bias:
             acc = (q[j] << sx) >> sx
@@ -94,7 +102,7 @@ def linear_native(x, w, q, y):
             s += xv
         s *= q[9]
     while o < end:
-        j = 10 + 4 * o
+        j = 11 + 4 * o
         acc = (q[j] if bias else 0) - s
         for xv in x:
             acc += w[k] * xv
@@ -106,3 +114,32 @@ def linear_native(x, w, q, y):
             acc = hi
         y[o] = acc
         o += 1
+
+
+@micropython.viper
+def prep(x, xq: ptr32, b: ptr32):
+    # xq = x (any int sequence) clamped to [b[1], b[2]]; b = n, lo, hi, sx, ...
+    sx = b[3]
+    lo = (b[1] << sx) >> sx
+    hi = (b[2] << sx) >> sx
+    n = b[0]
+    i = 0
+    while i < n:
+        v = int(x[i])
+        if v < lo:
+            v = lo
+        elif v > hi:
+            v = hi
+        xq[i] = v
+        i += 1
+
+
+@micropython.viper
+def copy(y: ptr32, out, b: ptr32):
+    # out[i] = y[i] for the b[4] outputs, sign-extended by b[5] on 64-bit ports
+    sx = b[5]
+    n = b[4]
+    i = 0
+    while i < n:
+        out[i] = (y[i] << sx) >> sx
+        i += 1

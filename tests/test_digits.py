@@ -72,25 +72,30 @@ def test_run_allocates_nothing_under_heap_lock_on_32bit_wasm(digits, tmp_path):
     assert [int(v) for v in ints.split()] == list(reference.run(ex.model, xq).out[0])
 
 
-def test_module_form_loads_and_matches(digits, tmp_path):
-    tr, ex = digits
+@pytest.mark.parametrize("kernel", ["viper", "native", "portable"])
+def test_module_form_loads_and_matches(digits, tmp_path, kernel):
     import shutil
     import subprocess
 
-    shutil.copy(vms.engine_source(), tmp_path / "micromlp.py")
+    tr, ex = digits
+    for f in vms.firmware_files():
+        shutil.copy(f, tmp_path / f.name)
     shutil.copy(ex.paths["py"], tmp_path / "model_mlp.py")
     shutil.copy(ex.paths["mpy"], tmp_path / "other_mlp.mpy")
     xq = ex.model.quantize_input(np.load(tr.data_path)["x_test"][:1])[0]
     script = (
         "import micromlp, model_mlp, other_mlp\n"
         f"x = [{', '.join(map(str, xq))}]\n"
-        "a = list(micromlp.load(model_mlp).run(x))\n"
-        "print(a == list(micromlp.load(other_mlp).run(x)), a)\n"
+        f"a = micromlp.load(model_mlp, kernel={kernel!r})\n"
+        f"b = micromlp.load(other_mlp, kernel={kernel!r})\n"
+        "print(a.layers[0].w is model_mlp.MODEL, list(a.run(x)) == list(b.run(x)),"
+        " list(a.run(x)))\n"
     )
     (tmp_path / "s.py").write_text(script)
     proc = subprocess.run([vms.unix_exe(), "s.py"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    same, rest = proc.stdout.split(" ", 1)
+    in_place, same, rest = proc.stdout.split(" ", 2)
+    assert in_place == "True"  # 8-bit weights are used where they are, not copied
     assert same == "True"
     from micromlp.host import reference
 

@@ -64,8 +64,9 @@ def exported(request, tmp_path_factory):
     return module, x, path, model
 
 
-@pytest.mark.parametrize("vm, kernel, stream", BACKENDS,
-                         ids=[f"{v}-{k}{'-stream' if s else ''}" for v, k, s in BACKENDS])
+@pytest.mark.parametrize(
+    "vm, kernel, stream", BACKENDS, ids=[f"{v}-{k}{'-stream' if s else ''}" for v, k, s in BACKENDS]
+)
 def test_vm_bit_exact_with_reference(exported, vm, kernel, stream):
     _, _, path, model = exported
     xq = test_inputs(model, 40, seed=3)

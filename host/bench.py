@@ -1,0 +1,376 @@
+"""`micromlp bench`: speed, fuel, allocation and RAM of the engine on real VMs.
+
+Every figure is measured beside a plain float nested-list implementation of the
+same network, run in the same VM process (same load, same inputs), and is also
+given as a ratio to it. Times on the unix port are medians of several rounds;
+fuel on the 32-bit WASI port is a deterministic instruction count.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..export import modelfile
+from ..export.pymodule import module_source, mpy_cross
+from ..export.qmodel import QuantModel
+from . import vms
+
+UNIX_CONFIGS = [
+    ("viper", False),
+    ("native", False),
+    ("portable", False),
+    ("viper", True),
+    ("portable", True),
+]
+WASM_CONFIGS = [("portable", False), ("portable", True)]
+HEAP_FORMS = ("mlp", "py", "mpy", "mlp-stream")
+
+
+@dataclass
+class KernelRun:
+    """One engine configuration against the float baseline in the same VM process."""
+
+    vm: str
+    kernel: str
+    stream: bool
+    us: float | None = None  # median µs per inference
+    us_min: float | None = None
+    us_max: float | None = None
+    float_us: float | None = None
+    speedup: float | None = None  # float time / engine time
+    fuel: float | None = None  # per inference (WASI)
+    fuel_per_mac: float | None = None
+    float_fuel: float | None = None
+    fuel_ratio: float | None = None  # engine fuel / float fuel
+    alloc: float | None = None  # bytes allocated per inference
+    float_alloc: float | None = None
+
+
+@dataclass
+class BenchReport:
+    """All figures for one model."""
+
+    model: str
+    layers: str
+    macs: int
+    files: dict[str, int] = field(default_factory=dict)
+    runs: list[KernelRun] = field(default_factory=list)
+    min_heap_unix: dict[str, int] = field(default_factory=dict)  # smallest -X heapsize
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def float_module(model: QuantModel) -> str:
+    """A plain float nested-list MLP of the same network (the baseline), as source."""
+    lines = ["LAYERS = ["]
+    s_x = 1.0
+    for layer in model.layers:
+        w = layer.w.astype(np.float64) * layer.w_scale[:, None].astype(np.float64)
+        rows = ", ".join("[" + ", ".join(f"{v:.6g}" for v in row) + "]" for row in w)
+        b = "None"
+        if layer.b is not None:
+            b = "[" + ", ".join(f"{v:.6g}" for v in layer.b * s_x * layer.w_scale) + "]"
+        lines.append(f"    ([{rows}], {b}, {bool(layer.act)}),")
+        s_x = float(layer.out_scale)
+    lines += [
+        "]",
+        "",
+        "def run(x):",
+        "    for W, b, relu in LAYERS:",
+        "        y = []",
+        "        for j in range(len(W)):",
+        "            row = W[j]",
+        "            s = b[j] if b else 0.0",
+        "            for i in range(len(x)):",
+        "                s += row[i] * x[i]",
+        "            if relu and s < 0.0:",
+        "                s = 0.0",
+        "            y.append(s)",
+        "        x = y",
+        "    return x",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# Runs on the VM. Engine and float baseline alternate round by round so that
+# machine load affects both alike.
+_TIMING = """
+import sys
+sys.path.insert(0, {dir!r})
+import gc, time
+from array import array
+import micromlp, float_mlp
+net = micromlp.load({dir!r} + '/model.mlp', kernel={kernel!r}, stream={stream!r})
+X = [array('i', r) for r in {xs!r}]
+XF = [[float(v) for v in r] for r in {xs!r}]
+out = array('i', bytes(4 * net.n_outputs))
+def t_int(n):
+    t = time.ticks_us()
+    for i in range(n):
+        net.run(X[i % {nx}], out)
+    return time.ticks_diff(time.ticks_us(), t)
+def t_float(n):
+    t = time.ticks_us()
+    for i in range(n):
+        float_mlp.run(XF[i % {nx}])
+    return time.ticks_diff(time.ticks_us(), t)
+def alloc(f, n):
+    gc.collect()
+    gc.disable()
+    a = gc.mem_alloc()
+    f(n)
+    a = gc.mem_alloc() - a
+    gc.enable()
+    return a
+ni = max(1, 30000 // max(1, t_int(1)))
+nf = max(1, 30000 // max(1, t_float(1)))
+for r in range({rounds}):
+    print('T', t_int(ni) / ni, t_float(nf) / nf)
+print('A', alloc(t_int, 20) / 20, alloc(t_float, 2) / 2)
+"""
+
+_FUEL = """
+import sys
+sys.path.insert(0, '/input')
+from array import array
+import micromlp, float_mlp
+net = micromlp.load('/input/model.mlp', kernel={kernel!r}, stream={stream!r})
+X = [array('i', r) for r in {xs!r}]
+XF = [[float(v) for v in r] for r in {xs!r}]
+out = array('i', bytes(4 * net.n_outputs))
+for i in range({n_int}):
+    net.run(X[i % {nx}], out)
+for i in range({n_float}):
+    float_mlp.run(XF[i % {nx}])
+print('done')
+"""
+
+_HEAP = {
+    "mlp": "import micromlp\nnet = micromlp.load('model.mlp', kernel='portable')\n",
+    "mlp-stream": "import micromlp\nnet = micromlp.load('model.mlp', kernel='portable', "
+    "stream=True)\n",
+    "py": "import micromlp, model_mlp\nnet = micromlp.load(model_mlp, kernel='portable')\n",
+    "mpy": "import micromlp, model_mlp\nnet = micromlp.load(model_mlp, kernel='portable')\n",
+}
+_HEAP_RUN = "x = [{x}]\nprint(list(net.run(x)) == {expect})\n"
+
+
+def _stage(model_path: Path, workdir: Path, model: QuantModel, mpy: bool = True) -> None:
+    for f in vms.firmware_files():
+        shutil.copy(f, workdir / f.name)
+    shutil.copy(model_path, workdir / "model.mlp")
+    (workdir / "float_mlp.py").write_text(float_module(model))
+    if mpy:
+        mpy_cross(workdir / "float_mlp.py", workdir / "float_mlp.mpy")
+        (workdir / "float_mlp.py").unlink()
+
+
+def _inputs(model: QuantModel, n: int = 8, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(model.in_lo, model.in_hi + 1, size=(n, model.n_inputs)).tolist()
+
+
+def _unix_timing(
+    model_path: Path, model: QuantModel, kernel: str, stream: bool, rounds: int
+) -> KernelRun:
+    xs = _inputs(model)
+    with tempfile.TemporaryDirectory(prefix="micromlp-bench-") as tmp:
+        tmp = Path(tmp)
+        _stage(model_path, tmp, model)
+        (tmp / "t.py").write_text(
+            _TIMING.format(
+                dir=str(tmp), kernel=kernel, stream=stream, xs=xs, nx=len(xs), rounds=rounds
+            )
+        )
+        proc = subprocess.run(
+            [vms.unix_exe(), "t.py"], cwd=tmp, capture_output=True, text=True, timeout=1800
+        )
+    if proc.returncode != 0:
+        raise vms.VMError(f"unix bench ({kernel}): {proc.stderr.strip()[-400:]}")
+    t_int, t_float = [], []
+    run = KernelRun("unix", kernel, stream)
+    for line in proc.stdout.splitlines():
+        f = line.split()
+        if f[0] == "T":
+            t_int.append(float(f[1]))
+            t_float.append(float(f[2]))
+        elif f[0] == "A":
+            run.alloc, run.float_alloc = float(f[1]), float(f[2])
+    run.us, run.us_min, run.us_max = statistics.median(t_int), min(t_int), max(t_int)
+    run.float_us = statistics.median(t_float)
+    run.speedup = run.float_us / run.us
+    return run
+
+
+def _wasm_fuel(
+    model_path: Path, model: QuantModel, kernel: str, stream: bool, macs: int
+) -> KernelRun:
+    xs = _inputs(model)
+    n = 4
+    with tempfile.TemporaryDirectory(prefix="micromlp-bench-") as tmp:
+        tmp = Path(tmp)
+        _stage(model_path, tmp, model)
+        fuel = {}
+        for key, n_int, n_float in (("base", 0, 0), ("int", n, 0), ("float", 0, n)):
+            code = _FUEL.format(
+                kernel=kernel, stream=stream, xs=xs, nx=len(xs), n_int=n_int, n_float=n_float
+            )
+            fuel[key] = vms.wasm_run(code, readonly_dir=tmp).fuel_used
+    run = KernelRun("wasm", kernel, stream)
+    run.fuel = (fuel["int"] - fuel["base"]) / n
+    run.float_fuel = (fuel["float"] - fuel["base"]) / n
+    run.fuel_per_mac = run.fuel / macs
+    run.fuel_ratio = run.fuel / run.float_fuel
+    return run
+
+
+def _heap_ok(workdir: Path, form: str, heap: int, check: str) -> bool:
+    (workdir / "h.py").write_text(_HEAP[form] + check)
+    proc = subprocess.run(
+        [vms.unix_exe(), "-X", f"heapsize={heap}", "h.py"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc.returncode == 0 and proc.stdout.strip() == "True"
+
+
+def min_heap(model_path: Path, model: QuantModel, form: str) -> int:
+    """Smallest `micropython -X heapsize` (bytes, 256-byte steps) that loads and runs
+    the model correctly in this form, with the engine as .mpy and the portable kernel."""
+    from . import reference
+
+    x = _inputs(model, 1)[0]
+    expect = reference.run(model, np.array([x])).out[0].tolist()
+    check = _HEAP_RUN.format(x=", ".join(map(str, x)), expect=expect)
+    with tempfile.TemporaryDirectory(prefix="micromlp-heap-") as tmp:
+        tmp = Path(tmp)
+        mpy_cross(vms.engine_source(), tmp / "micromlp.mpy")
+        shutil.copy(model_path, tmp / "model.mlp")
+        if form in ("py", "mpy"):
+            (tmp / "model_mlp.py").write_text(module_source(model_path.read_bytes()))
+            if form == "mpy":
+                mpy_cross(tmp / "model_mlp.py", tmp / "model_mlp.mpy")
+                (tmp / "model_mlp.py").unlink()
+        lo, hi = 1024, 1 << 16
+        while not _heap_ok(tmp, form, hi, check):
+            lo, hi = hi, hi * 2
+            if hi > 1 << 28:
+                raise vms.VMError(f"{form}: does not run even with a {hi} byte heap")
+        while hi - lo > 256:
+            mid = (lo + hi) // 2 // 256 * 256
+            if _heap_ok(tmp, form, mid, check):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+def file_sizes(model_path: Path) -> dict[str, int]:
+    """Bytes of the model in each form and of the engine."""
+    sizes = {"model.mlp": model_path.stat().st_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "model_mlp.py").write_text(module_source(model_path.read_bytes()))
+        mpy_cross(tmp / "model_mlp.py", tmp / "model_mlp.mpy")
+        mpy_cross(vms.engine_source(), tmp / "micromlp.mpy")
+        for name in ("model_mlp.py", "model_mlp.mpy", "micromlp.mpy"):
+            sizes[name] = (tmp / name).stat().st_size
+    sizes["micromlp.py"] = vms.engine_source().stat().st_size
+    return sizes
+
+
+def bench(
+    model_path: str | Path, rounds: int = 7, heap: bool = True, progress: bool = True
+) -> BenchReport:
+    """Measure one model on every VM and kernel (see the module docstring)."""
+    model_path = Path(model_path)
+    model = modelfile.load(model_path)
+    macs = sum(layer.n_in * layer.n_out for layer in model.layers)
+    shape = "-".join(str(v) for v in [model.n_inputs] + [ly.n_out for ly in model.layers])
+    rep = BenchReport(str(model_path), shape, macs, file_sizes(model_path))
+    steps = (
+        [("unix", k, s) for k, s in UNIX_CONFIGS]
+        + [("wasm", k, s) for k, s in WASM_CONFIGS]
+        + ([("heap", f, False) for f in HEAP_FORMS] if heap else [])
+    )
+    bar = tqdm(steps, desc=f"bench {shape}", disable=None if progress else True, leave=False)
+    for what, kind, stream in bar:
+        bar.set_postfix_str(f"{what} {kind}{' stream' if stream else ''}")
+        if what == "unix":
+            rep.runs.append(_unix_timing(model_path, model, kind, stream, rounds))
+        elif what == "wasm":
+            rep.runs.append(_wasm_fuel(model_path, model, kind, stream, macs))
+        else:
+            rep.min_heap_unix[kind] = min_heap(model_path, model, kind)
+    return rep
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def format_report(rep: BenchReport, markdown: bool = False) -> str:
+    """The report as aligned text or as Markdown tables."""
+    head = [
+        "vm",
+        "kernel",
+        "weights",
+        "us/inf (median, min-max)",
+        "float us",
+        "speedup",
+        "us/MAC",
+        "fuel/inf",
+        "fuel/MAC",
+        "float fuel/MAC",
+        "fuel ratio",
+        "B alloc/inf",
+        "float B alloc/inf",
+    ]
+    rows = []
+    for r in rep.runs:
+        rows.append(
+            [
+                r.vm,
+                r.kernel,
+                "file (stream)" if r.stream else "RAM",
+                "-" if r.us is None else f"{r.us:.1f} ({r.us_min:.1f}-{r.us_max:.1f})",
+                _fmt(r.float_us),
+                "-" if r.speedup is None else f"{r.speedup:.1f}x",
+                "-" if r.us is None else f"{r.us / rep.macs:.4f}",
+                _fmt(r.fuel, ".0f"),
+                _fmt(r.fuel_per_mac, ".0f"),
+                "-" if r.float_fuel is None else f"{r.float_fuel / rep.macs:.0f}",
+                "-"
+                if r.fuel_ratio is None
+                else f"{r.fuel_ratio:.2f} ({1 / r.fuel_ratio:.1f}x less)",
+                _fmt(r.alloc, ".0f"),
+                _fmt(r.float_alloc, ".0f"),
+            ]
+        )
+    title = f"model {rep.layers} ({rep.macs} multiply-adds): {rep.model}"
+    files = ", ".join(f"{k} {v} B" for k, v in rep.files.items())
+    heap = ", ".join(f"{k} {v} B" for k, v in rep.min_heap_unix.items())
+    notes = [f"files: {files}"]
+    if heap:
+        notes.append(
+            f"smallest `-X heapsize` that loads and runs it (unix port, 64-bit, engine "
+            f".mpy, portable kernel): {heap}"
+        )
+    if markdown:
+        out = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(out + [""] + [f"- {n}" for n in notes]) + "\n"
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join([title, line(head)] + [line(r) for r in rows] + notes)
