@@ -62,6 +62,8 @@ class BenchReport:
     layers: str
     macs: int
     files: dict[str, int] = field(default_factory=dict)
+    inputs: str = ""
+    zero_inputs: float = 0.0  # fraction of input values that are 0
     runs: list[KernelRun] = field(default_factory=list)
     min_heap_unix: dict[str, int] = field(default_factory=dict)  # smallest -X heapsize
 
@@ -180,9 +182,9 @@ def _inputs(model: QuantModel, n: int = 8, seed: int = 0) -> list[list[int]]:
 
 
 def _unix_timing(
-    model_path: Path, model: QuantModel, kernel: str, stream: bool, rounds: int
+    model_path: Path, model: QuantModel, kernel: str, stream: bool, rounds: int,
+    xs: list[list[int]],
 ) -> KernelRun:
-    xs = _inputs(model)
     with tempfile.TemporaryDirectory(prefix="micromlp-bench-") as tmp:
         tmp = Path(tmp)
         _stage(model_path, tmp, model)
@@ -212,9 +214,9 @@ def _unix_timing(
 
 
 def _wasm_fuel(
-    model_path: Path, model: QuantModel, kernel: str, stream: bool, macs: int
+    model_path: Path, model: QuantModel, kernel: str, stream: bool, macs: int,
+    xs: list[list[int]],
 ) -> KernelRun:
-    xs = _inputs(model)
     n = 4
     with tempfile.TemporaryDirectory(prefix="micromlp-bench-") as tmp:
         tmp = Path(tmp)
@@ -291,14 +293,26 @@ def file_sizes(model_path: Path) -> dict[str, int]:
 
 
 def bench(
-    model_path: str | Path, rounds: int = 7, heap: bool = True, progress: bool = True
+    model_path: str | Path, rounds: int = 7, heap: bool = True, progress: bool = True,
+    inputs: np.ndarray | None = None,
 ) -> BenchReport:
-    """Measure one model on every VM and kernel (see the module docstring)."""
+    """Measure one model on every VM and kernel (see the module docstring).
+
+    inputs: float rows to quantize and cycle through (default: 8 random in-range
+    integer rows). The kernels skip zero inputs, so real data with ReLU-style
+    sparsity runs faster than dense random rows.
+    """
     model_path = Path(model_path)
     model = modelfile.load(model_path)
+    if inputs is None:
+        xs = _inputs(model)
+    else:
+        xs = model.quantize_input(np.asarray(inputs)[:8]).tolist()
     macs = sum(layer.n_in * layer.n_out for layer in model.layers)
     shape = "-".join(str(v) for v in [model.n_inputs] + [ly.n_out for ly in model.layers])
-    rep = BenchReport(str(model_path), shape, macs, file_sizes(model_path))
+    rep = BenchReport(str(model_path), shape, macs, file_sizes(model_path),
+                      inputs="random in-range integers" if inputs is None else "given data",
+                      zero_inputs=float(np.mean(np.array(xs) == 0)))
     steps = (
         [("unix", k, s) for k, s in UNIX_CONFIGS]
         + [("wasm", k, s) for k, s in WASM_CONFIGS]
@@ -308,9 +322,9 @@ def bench(
     for what, kind, stream in bar:
         bar.set_postfix_str(f"{what} {kind}{' stream' if stream else ''}")
         if what == "unix":
-            rep.runs.append(_unix_timing(model_path, model, kind, stream, rounds))
+            rep.runs.append(_unix_timing(model_path, model, kind, stream, rounds, xs))
         elif what == "wasm":
-            rep.runs.append(_wasm_fuel(model_path, model, kind, stream, macs))
+            rep.runs.append(_wasm_fuel(model_path, model, kind, stream, macs, xs))
         else:
             rep.min_heap_unix[kind] = min_heap(model_path, model, kind)
     return rep
@@ -361,7 +375,8 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
     title = f"model {rep.layers} ({rep.macs} multiply-adds): {rep.model}"
     files = ", ".join(f"{k} {v} B" for k, v in rep.files.items())
     heap = ", ".join(f"{k} {v} B" for k, v in rep.min_heap_unix.items())
-    notes = [f"files: {files}"]
+    notes = [f"inputs: {rep.inputs}, {100 * rep.zero_inputs:.0f} % of input values are 0",
+             f"files: {files}"]
     if heap:
         notes.append(
             f"smallest `-X heapsize` that loads and runs it (unix port, 64-bit, engine "
@@ -374,3 +389,22 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     return "\n".join([title, line(head)] + [line(r) for r in rows] + notes)
+
+
+def synthetic_model(sizes: list[int], out_dir: Path, seed: int = 0) -> Path:
+    """A random-weight Linear/ReLU model of the given sizes (for timing), as .mlp."""
+    from ..export.exporter import quantize_layers
+    from ..export.layers import FloatLayer
+
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i in range(len(sizes) - 1):
+        w = rng.normal(size=(sizes[i + 1], sizes[i])) / np.sqrt(sizes[i])
+        b = rng.normal(size=sizes[i + 1]) * 0.1
+        act = "relu" if i < len(sizes) - 2 else "none"
+        layers.append(FloatLayer(w, b, act))
+    calib = np.maximum(rng.normal(size=(256, sizes[0])), 0)  # ReLU-like, sparse inputs
+    model = quantize_layers(layers, calib)
+    path = Path(out_dir) / ("synthetic-" + "-".join(map(str, sizes)) + ".mlp")
+    modelfile.save(model, path)
+    return path

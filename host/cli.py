@@ -6,6 +6,7 @@ Commands:
   inspect   print the layer table stored in a .mlp file
   run       run a .mlp on inputs with the reference or on a MicroPython VM
   verify    PyTorch vs reference vs every VM: bit-exactness, accuracy, error bound
+  bench     speed, fuel, allocation and RAM on the VMs, against a float baseline
   demo      train -> export -> verify on a bundled dataset (the README's main job)
 """
 
@@ -183,6 +184,60 @@ def do_verify(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 1
 
 
+def do_bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .bench import bench, format_report, synthetic_model
+    from .verify import load_data
+
+    given = [Path(m) for m in args.model]
+    models = list(given)
+    tmp = tempfile.TemporaryDirectory(prefix="micromlp-synthetic-")
+    for sizes in args.synthetic:
+        models.append(synthetic_model(sizes, Path(tmp.name)))
+    if not models:
+        raise CLIError("give a model file or --synthetic SIZES")
+    data = load_data(args.data)[0] if args.data else None
+    reports = []
+    for path in models:
+        inputs = data if path in given else None
+        rep = bench(path, rounds=args.rounds, heap=not args.no_heap, inputs=inputs)
+        reports.append(rep)
+        if not args.json:
+            print(format_report(rep))
+            print()
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+    if args.markdown:
+        cmd = "micromlp " + " ".join(sys.argv[1:])
+        body = "".join(format_report(r, markdown=True) + "\n" for r in reports)
+        Path(args.markdown).write_text(BENCH_HEADER.format(cmd=cmd) + body)
+        print(f"wrote {args.markdown}")
+    tmp.cleanup()
+    return 0
+
+
+BENCH_HEADER = """# Benchmarks
+
+Produced by:
+
+```
+{cmd}
+```
+
+Each engine configuration runs in the same VM process as a plain float nested-list
+implementation of the same network (the baseline), on the same inputs; *speedup* and
+*fuel ratio* compare with it. Times are from the MicroPython unix port (64-bit) on a
+shared machine: medians of several rounds; quote the ratios rather than the absolute
+figures. Fuel is wasmtime's count of executed WebAssembly instructions on the 32-bit
+WASI MicroPython: deterministic, it does not drift with machine load. Allocation is
+`gc.mem_alloc()` growth per inference with the collector paused. The smallest heap is
+found by bisection over `micropython -X heapsize=N` on the unix port, whose objects are
+64-bit: a 32-bit board needs less.
+
+"""
+
+
 def do_demo(args: argparse.Namespace) -> int:
     from ..export.exporter import export_checkpoint
     from ..export.report import layer_table
@@ -261,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=do_verify)
+
+    p = sub.add_parser("bench", help="speed, fuel, allocation and RAM against a float baseline")
+    p.add_argument("model", nargs="*", help=".mlp files")
+    p.add_argument("--data", help=".npz whose test inputs drive the given models")
+    p.add_argument("--synthetic", type=_hidden, action="append", default=[],
+                   metavar="SIZES", help="also bench a random model, e.g. 784,256,128,10")
+    p.add_argument("--rounds", type=int, default=7, help="timing rounds (median is reported)")
+    p.add_argument("--no-heap", action="store_true", help="skip the smallest-heap search")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--markdown", help="also write the tables to this Markdown file")
+    p.set_defaults(func=do_bench)
 
     p = sub.add_parser("demo", help="train -> export -> verify on a bundled dataset")
     p.add_argument("--dataset", choices=NAMES, default="digits")

@@ -1,0 +1,34 @@
+"""The kernels are twins: the native one is the portable one, line for line."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from micromlp.host import vms
+
+
+def _body(path: Path, name: str) -> list[str]:
+    tree = ast.parse(path.read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    return [ast.dump(stmt) for stmt in fn.body]
+
+
+def test_native_kernel_is_the_portable_kernel():
+    engine, fast = vms.firmware_files()
+    portable = _body(engine, "_linear")
+    native = _body(fast, "linear_native")
+    # the only differences allowed: the accumulator list's name and the literal
+    # channel table offset (the engine's _Q constant)
+    norm = [s.replace("_ACC_N", "_ACC") for s in native]
+    norm = [s.replace("Constant(value=11)", "Name(id='_Q', ctx=Load())") for s in norm]
+    assert norm == portable
+
+
+def test_engine_uses_only_old_micropython_syntax():
+    engine = vms.engine_source().read_text()
+    tree = ast.parse(engine)
+    for node in ast.walk(tree):
+        assert not isinstance(node, ast.JoinedStr), "f-strings need MicroPython 1.17+"
+        assert not isinstance(node, ast.NamedExpr), "no := on old MicroPython"
+        assert not isinstance(node, (ast.AnnAssign,)), "no variable annotations"
