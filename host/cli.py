@@ -320,8 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed, fuel, allocation and RAM against a float baseline")
     p.add_argument("model", nargs="*", help=".mlp files")
     p.add_argument("--data", help=".npz whose test inputs drive the given models")
-    p.add_argument("--synthetic", type=_hidden, action="append", default=[],
-                   metavar="SIZES", help="also bench a random model, e.g. 784,256,128,10")
+    p.add_argument(
+        "--synthetic",
+        type=_hidden,
+        action="append",
+        default=[],
+        metavar="SIZES",
+        help="also bench a random model, e.g. 784,256,128,10",
+    )
     p.add_argument("--rounds", type=int, default=7, help="timing rounds (median is reported)")
     p.add_argument("--no-heap", action="store_true", help="skip the smallest-heap search")
     p.add_argument("--json", action="store_true")

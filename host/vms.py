@@ -7,6 +7,7 @@ binary file of little-endian int32 rows; the whole batch runs in one VM start.
 
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -67,9 +68,27 @@ except Exception as e:
 """
 
 
-def _stage(model_path: Path, xq: np.ndarray, workdir: Path) -> None:
+def stage_firmware(workdir: Path, mpy: bool = False) -> None:
+    """Copy the engine into workdir, as .py or (what a small board gets) as .mpy.
+
+    The viper module's .mpy holds machine code, so it is built for this host's
+    unix port (x64); elsewhere it stays .py.
+    """
+    from ..export.pymodule import mpy_cross
+
     for f in firmware_files():
-        shutil.copy(f, workdir / f.name)
+        if not mpy:
+            shutil.copy(f, workdir / f.name)
+        elif f.stem == "micromlp":
+            mpy_cross(f, workdir / "micromlp.mpy")
+        elif platform.machine() in ("x86_64", "AMD64"):
+            mpy_cross(f, workdir / (f.stem + ".mpy"), ["-march=x64"])
+        else:
+            shutil.copy(f, workdir / f.name)
+
+
+def _stage(model_path: Path, xq: np.ndarray, workdir: Path, mpy: bool = False) -> None:
+    stage_firmware(workdir, mpy)
     shutil.copy(model_path, workdir / "model.mlp")
     np.ascontiguousarray(xq, dtype="<i4").tofile(workdir / "inputs.bin")
 
@@ -110,7 +129,7 @@ def run_unix(
     """Outputs of the engine on the MicroPython unix port (64-bit)."""
     with tempfile.TemporaryDirectory(prefix="micromlp-unix-") as tmp:
         tmp = Path(tmp)
-        _stage(model_path, xq, tmp)
+        _stage(model_path, xq, tmp, mpy=heapsize is not None)
         (tmp / "driver.py").write_text(_DRIVER.format(dir=str(tmp), kernel=kernel, stream=stream))
         cmd = [unix_exe()] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + ["driver.py"]
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
