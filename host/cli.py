@@ -7,6 +7,7 @@ Commands:
   run       run a .mlp on inputs with the reference or on a MicroPython VM
   verify    PyTorch vs reference vs every VM: bit-exactness, accuracy, error bound
   bench     speed, fuel, allocation and RAM on the VMs, against a float baseline
+  deploy    copy the engine and a model to a board, then self-test it there
   demo      train -> export -> verify on a bundled dataset (the README's main job)
 """
 
@@ -184,8 +185,42 @@ def do_verify(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 1
 
 
+def do_deploy(args: argparse.Namespace) -> int:
+    from .deploy import deploy
+
+    rep = deploy(
+        args.outdir,
+        args.port,
+        resume=args.resume,
+        fmt=args.format,
+        stream=True if args.stream else None,
+        main=args.main,
+        log=(lambda m: None) if args.json else print,
+    )
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+    else:
+        print("deploy: " + ("OK" if rep.test.ok else "FAILED: the board computed other integers"))
+    return 0 if rep.test.ok else 1
+
+
 def do_bench(args: argparse.Namespace) -> int:
     import tempfile
+
+    if args.port:
+        from .deploy import device_bench
+
+        res = device_bench(args.port, resume=True, stream=args.stream)
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            print(
+                f"on the board at {args.port}: {res['us_per_inference']:.0f} us per inference "
+                f"(QEMU does not model cycle timing: emulated times are not meaningful), "
+                f"{res['free_after_load']} bytes free after load, "
+                f"{res['alloc_per_inference']:.0f} bytes allocated per inference"
+            )
+        return 0
 
     from .bench import bench, format_report, synthetic_model
     from .verify import load_data
@@ -332,7 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-heap", action="store_true", help="skip the smallest-heap search")
     p.add_argument("--json", action="store_true")
     p.add_argument("--markdown", help="also write the tables to this Markdown file")
+    p.add_argument("--port", help="instead: bench the model deployed on this board")
+    p.add_argument("--stream", action="store_true", help="with --port: streaming weights")
     p.set_defaults(func=do_bench)
+
+    p = sub.add_parser("deploy", help="copy the engine and a model to a board, then self-test")
+    p.add_argument("outdir", help="export folder (with model.mlp), or a .mlp file")
+    p.add_argument("--port", required=True, help="serial device, or socket://host:port")
+    p.add_argument("--resume", action="store_true", help="skip the soft reset")
+    p.add_argument("--format", choices=("mpy", "py"), help="engine form (default: what fits)")
+    p.add_argument("--stream", action="store_true", help="keep the weights in the file")
+    p.add_argument("--main", action="store_true", help="also install the example main.py")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=do_deploy)
 
     p = sub.add_parser("demo", help="train -> export -> verify on a bundled dataset")
     p.add_argument("--dataset", choices=NAMES, default="digits")
@@ -348,12 +395,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..export.layers import ExportError
     from ..export.modelfile import ModelFileError
+    from .deploy import DeployError
     from .vms import VMError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, ExportError, ModelFileError, VMError, FileNotFoundError, ValueError) as e:
+    except (
+        CLIError,
+        ExportError,
+        ModelFileError,
+        VMError,
+        DeployError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

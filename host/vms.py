@@ -47,9 +47,11 @@ try:
     lock, unlock = micropython.heap_lock, micropython.heap_unlock
 except (ImportError, AttributeError):
     lock = unlock = lambda: None
+if not {lock}:  # the tiny engine's streaming opens the model file on each run
+    lock = unlock = lambda: None
 try:
     import micromlp
-    net = micromlp.load({dir!r} + '/model.mlp', kernel={kernel!r}, stream={stream!r})
+    net = micromlp.load({dir!r} + '/model.mlp'{opts})
     x = array('i', bytes(4 * net.n_inputs))
     out = array('i', bytes(4 * net.n_outputs))
     f = open({dir!r} + '/inputs.bin', 'rb')
@@ -68,14 +70,18 @@ except Exception as e:
 """
 
 
-def stage_firmware(workdir: Path, mpy: bool = False) -> None:
+def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False) -> None:
     """Copy the engine into workdir, as .py or (what a small board gets) as .mpy.
 
     The viper module's .mpy holds machine code, so it is built for this host's
-    unix port (x64); elsewhere it stays .py.
+    unix port (x64); elsewhere it stays .py. tiny: the cut-down engine
+    (firmware/micromlp_tiny.py) as micromlp.py, as deploy sends it to small boards.
     """
     from ..export.pymodule import mpy_cross
 
+    if tiny:
+        shutil.copy(engine_source().with_name("micromlp_tiny.py"), workdir / "micromlp.py")
+        return
     for f in firmware_files():
         if not mpy:
             shutil.copy(f, workdir / f.name)
@@ -87,8 +93,18 @@ def stage_firmware(workdir: Path, mpy: bool = False) -> None:
             shutil.copy(f, workdir / f.name)
 
 
-def _stage(model_path: Path, xq: np.ndarray, workdir: Path, mpy: bool = False) -> None:
-    stage_firmware(workdir, mpy)
+def _driver(dir: str, kernel: str | None, stream: bool) -> str:
+    # the load() arguments: the tiny engine takes only stream, and its streaming
+    # allocates (it opens the file per run), so only it runs without heap_lock
+    if kernel == "tiny":
+        return _DRIVER.format(dir=dir, opts=f", stream={stream!r}", lock=not stream)
+    return _DRIVER.format(dir=dir, opts=f", kernel={kernel!r}, stream={stream!r}", lock=True)
+
+
+def _stage(
+    model_path: Path, xq: np.ndarray, workdir: Path, mpy: bool = False, tiny: bool = False
+) -> None:
+    stage_firmware(workdir, mpy, tiny)
     shutil.copy(model_path, workdir / "model.mlp")
     np.ascontiguousarray(xq, dtype="<i4").tofile(workdir / "inputs.bin")
 
@@ -129,8 +145,8 @@ def run_unix(
     """Outputs of the engine on the MicroPython unix port (64-bit)."""
     with tempfile.TemporaryDirectory(prefix="micromlp-unix-") as tmp:
         tmp = Path(tmp)
-        _stage(model_path, xq, tmp, mpy=heapsize is not None)
-        (tmp / "driver.py").write_text(_DRIVER.format(dir=str(tmp), kernel=kernel, stream=stream))
+        _stage(model_path, xq, tmp, mpy=heapsize is not None, tiny=kernel == "tiny")
+        (tmp / "driver.py").write_text(_driver(str(tmp), kernel, stream))
         cmd = [unix_exe()] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + ["driver.py"]
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0 and "BEGIN" not in proc.stdout:
@@ -166,9 +182,9 @@ def run_wasm(
     """Outputs of the engine on the 32-bit WASI MicroPython, each run under heap_lock."""
     with tempfile.TemporaryDirectory(prefix="micromlp-wasm-") as tmp:
         tmp = Path(tmp)
-        _stage(model_path, xq, tmp)
+        _stage(model_path, xq, tmp, tiny=kernel == "tiny")
         result = wasm_run(
-            _DRIVER.format(dir="/input", kernel=kernel, stream=stream), readonly_dir=tmp
+            _driver("/input", kernel, stream), readonly_dir=tmp
         )
         return _parse(result.stdout, "wasm", len(xq), n_out)
 
@@ -181,14 +197,34 @@ def run_cpython(
 
     from ..firmware import micromlp as engine
 
-    net = engine.load(str(model_path), kernel=kernel, stream=stream)
     out = array("i", bytes(4 * n_out))
     rows = []
-    for x in np.asarray(xq, dtype=np.int64).tolist():
-        net.run(x, out)
-        rows.append(list(out))
-    net.close()
+    try:
+        if kernel == "tiny":
+            engine = tiny_engine()
+            net = engine.load(str(model_path), stream=stream)
+        else:
+            net = engine.load(str(model_path), kernel=kernel, stream=stream)
+        for x in np.asarray(xq, dtype=np.int64).tolist():
+            net.run(x, out)
+            rows.append(list(out))
+    except (engine.ModelError, ValueError, MemoryError) as e:  # as the VMs report it
+        raise VMError(f"cpython: the engine raised {type(e).__name__}({str(e)!r})") from None
+    if hasattr(net, "close"):
+        net.close()
     return np.array(rows, dtype=np.int64).reshape(len(rows), n_out)
+
+
+def tiny_engine():
+    """firmware/micromlp_tiny.py imported into this process (it is micromlp.py on a board)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "micromlp_tiny", engine_source().with_name("micromlp_tiny.py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def run_firmware(
