@@ -216,7 +216,7 @@ def do_bench(args: argparse.Namespace) -> int:
         else:
             print(
                 f"on the board at {args.port}: {res['us_per_inference']:.0f} us per inference "
-                f"(QEMU does not model cycle timing: emulated times are not meaningful), "
+                f"(on an emulated board, such as QEMU, times are not meaningful), "
                 f"{res['free_after_load']} bytes free after load, "
                 f"{res['alloc_per_inference']:.0f} bytes allocated per inference"
             )
