@@ -70,17 +70,46 @@ def write(
     return paths
 
 
+def export_onnx(
+    onnx_path: str | Path,
+    out_dir: str | Path,
+    calib_path: str | Path | None = None,
+    opts: QuantOptions | None = None,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+) -> ExportResult:
+    """Export an ONNX MLP; mean/std (if given) are folded into the first layer."""
+    from .onnx_import import layers_from_onnx
+
+    onnx_path = Path(onnx_path)
+    layers, notes = layers_from_onnx(onnx_path)
+    calib_path = Path(calib_path) if calib_path else onnx_path.with_suffix(".npz")
+    if not calib_path.exists():
+        raise ExportError(f"{onnx_path}: calibration data is needed: --calib DATA.npz "
+                          f"(raw inputs as 'x_train' or 'x')")
+    qmodel = quantize_layers(layers, load_calibration(calib_path), opts, mean, std)
+    qmodel.meta.update(source=str(onnx_path), calibration=str(calib_path), notes=notes)
+    return ExportResult(qmodel, write(qmodel, out_dir))
+
+
 def export_checkpoint(
     model_path: str | Path,
     out_dir: str | Path,
     calib_path: str | Path | None = None,
     opts: QuantOptions | None = None,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
 ) -> ExportResult:
-    """Export a checkpoint written by `micromlp train` (weights only, never pickled code)."""
+    """Export a checkpoint written by `micromlp train` (weights only, never pickled code).
+
+    mean/std override the normalization the checkpoint recorded.
+    """
     from .torch_import import layers_from_module, load_checkpoint
 
     model_path = Path(model_path)
-    module, mean, std, info = load_checkpoint(model_path)
+    module, ck_mean, ck_std, info = load_checkpoint(model_path)
+    mean = ck_mean if mean is None else mean
+    std = ck_std if std is None else std
     calib_path = Path(calib_path) if calib_path else model_path.with_suffix(".npz")
     calib = load_calibration(calib_path)
     qmodel = quantize_layers(layers_from_module(module), calib, opts, mean, std)

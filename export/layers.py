@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SUPPORTED = "Linear (with or without bias), ReLU, Identity, Dropout, Flatten"
+SUPPORTED = (
+    "Linear (with or without bias), ReLU, ReLU6, Hardtanh, BatchNorm1d after a Linear, "
+    "Identity, Dropout, Flatten, and a trailing Softmax/LogSoftmax (dropped: argmax is the same)"
+)
 
 
 class ExportError(ValueError):
@@ -23,9 +26,11 @@ class FloatLayer:
 
     weight: np.ndarray  # [n_out, n_in]
     bias: np.ndarray | None  # [n_out] or None
-    act: str = "none"  # "none" or "relu"
+    act: str = "none"  # "none", "relu", or "clamp" (to [clamp_lo, clamp_hi]: ReLU6, Hardtanh)
     name: str = ""
     bias_note: str = ""  # why a layer without bias in the source got one (folding)
+    clamp_lo: float = 0.0
+    clamp_hi: float = 0.0
 
     @property
     def n_in(self) -> int:
@@ -39,7 +44,27 @@ class FloatLayer:
         y = x @ self.weight.T
         if self.bias is not None:
             y = y + self.bias
-        return np.maximum(y, 0.0) if self.act == "relu" else y
+        if self.act == "relu":
+            return np.maximum(y, 0.0)
+        if self.act == "clamp":
+            return np.clip(y, self.clamp_lo, self.clamp_hi)
+        return y
+
+    def then(self, act: str, lo: float = 0.0, hi: float = 0.0) -> None:
+        """Apply an activation after this layer's current one (they compose as clamps)."""
+        if act == "relu":
+            act, lo, hi = "clamp", 0.0, np.inf
+        if self.act == "none":
+            cur_lo, cur_hi = -np.inf, np.inf
+        elif self.act == "relu":
+            cur_lo, cur_hi = 0.0, np.inf
+        else:
+            cur_lo, cur_hi = self.clamp_lo, self.clamp_hi
+        new_lo, new_hi = max(cur_lo, lo), min(cur_hi, max(hi, lo))
+        if new_lo == 0.0 and new_hi == np.inf:
+            self.act = "relu"
+        else:
+            self.act, self.clamp_lo, self.clamp_hi = "clamp", float(new_lo), float(new_hi)
 
 
 def forward(layers: list[FloatLayer], x: np.ndarray) -> np.ndarray:

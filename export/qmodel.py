@@ -8,7 +8,8 @@ import numpy as np
 
 ACT_NONE = 0  # twin of firmware/micromlp.py _ACT_NONE
 ACT_RELU = 1  # twin of firmware/micromlp.py _ACT_RELU
-ACT_NAMES = {ACT_NONE: "none", ACT_RELU: "relu"}
+ACT_CLAMP = 2  # a clamp the network asks for (ReLU6, Hardtanh): reaching it is not saturation
+ACT_NAMES = {ACT_NONE: "none", ACT_RELU: "relu", ACT_CLAMP: "clamp"}
 SMALL_INT = 1 << 30  # every value the engine forms stays below this in magnitude
 
 

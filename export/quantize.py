@@ -17,7 +17,7 @@ import numpy as np
 from .fold import fold_input_affine
 from .layers import ExportError, FloatLayer, check, forward
 from .modelfile import accumulator_bound, running_sum_bound
-from .qmodel import ACT_NONE, ACT_RELU, SMALL_INT, QuantLayer, QuantModel
+from .qmodel import ACT_CLAMP, ACT_NONE, ACT_RELU, SMALL_INT, QuantLayer, QuantModel
 
 
 @dataclass
@@ -114,10 +114,19 @@ def quantize(
         last = i == len(flayers) - 1
         relu = layer.act == "relu"
         bits = opts.out_bits if last else opts.act_bits
-        lo, hi = _act_range(relu, bits)
-        y_max = float(acts[i].max())
-        s_y = (y_max / hi) if y_max > 0 else 1.0
-        s_y = float(np.float32(s_y))
+        if layer.act == "clamp":
+            # the scale puts the clamp's bounds on the integer grid's edge
+            a, b = layer.clamp_lo, layer.clamp_hi
+            if not (np.isfinite(a) and np.isfinite(b)):
+                raise ExportError(f"layer {i}: a clamp needs finite bounds, got [{a}, {b}]")
+            lo, hi = _act_range(a >= 0, bits)
+            s_y = float(np.float32(max(abs(a), abs(b)) / hi)) if max(abs(a), abs(b)) else 1.0
+            lo, hi = max(lo, int(_round(a / s_y))), min(hi, int(_round(b / s_y)))
+        else:
+            lo, hi = _act_range(relu, bits)
+            y_max = float(acts[i].max())
+            s_y = (y_max / hi) if y_max > 0 else 1.0
+            s_y = float(np.float32(s_y))
 
         wmax = (1 << (opts.weight_bits - 1)) - 1
         row_max = np.abs(layer.weight).max(axis=1)
@@ -163,6 +172,8 @@ def quantize(
         acc_max = np.abs(w_q).sum(axis=1) * x_max + (np.abs(b_q) if b_q is not None else 0)
         e += acc_max * np.abs(mult / np.exp2(shift) - m_real) * s_y
         e += 0.5 * s_y
+        if layer.act == "clamp":  # the integer clamp sits within half a step of the real one
+            e += 0.5 * s_y
         # PyTorch computes in float32: allow its own rounding, (n+2) * 2**-24 relative.
         e += (
             (layer.n_in + 2)
@@ -182,7 +193,7 @@ def quantize(
                 shift=shift.astype(np.uint8),
                 lo=lo,
                 hi=hi,
-                act=ACT_RELU if relu else ACT_NONE,
+                act=ACT_RELU if relu else (ACT_CLAMP if layer.act == "clamp" else ACT_NONE),
                 acc_bound=bound,
                 in_scale=s_x,
                 out_scale=s_y,

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .fold import fold_batchnorm
 from .layers import SUPPORTED, ExportError, FloatLayer, check
 
 CHECKPOINT_FORMAT = "micromlp-checkpoint-1"
@@ -24,24 +25,99 @@ def _walk(module: nn.Module, prefix: str = ""):
             yield full, child
 
 
+_FUNCTIONS = {"relu": nn.ReLU(), "relu6": nn.ReLU6(), "flatten": nn.Flatten(),
+              "dropout": nn.Dropout()}
+
+
+def _traced(module: nn.Module):
+    """(name, leaf) in forward order for a custom module whose forward is a chain.
+
+    Traced with torch.fx; a node that takes more than the previous node's output
+    (a skip connection, a branch) is refused by name.
+    """
+    import torch.fx
+
+    try:
+        gm = torch.fx.symbolic_trace(module)
+    except Exception as e:
+        raise ExportError(f"{type(module).__name__}: its forward cannot be traced "
+                          f"({type(e).__name__}: {e}); write it as an nn.Sequential") from None
+    prev = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if prev is not None:
+                raise ExportError(f"{type(module).__name__}: more than one input ({node.name})")
+            prev = node
+            continue
+        used = [a for a in node.all_input_nodes]
+        if node.op == "output":
+            if used != [prev]:
+                raise ExportError(f"output '{node.name}': returns more than the last layer's "
+                                  f"output")
+            return
+        if used != [prev]:
+            raise ExportError(
+                f"node '{node.name}' ({node.target}) takes {[u.name for u in used]}: only a "
+                f"chain of layers is supported, not branches or skip connections")
+        if node.op == "call_module":
+            yield str(node.target), gm.get_submodule(node.target)
+        elif node.op in ("call_function", "call_method"):
+            fname = getattr(node.target, "__name__", str(node.target))
+            if fname not in _FUNCTIONS and fname not in ("view", "reshape", "contiguous"):
+                raise ExportError(f"node '{node.name}': {fname} is not supported; supported "
+                                  f"layers: {SUPPORTED}")
+            yield node.name, _FUNCTIONS.get(fname, nn.Identity())
+        else:
+            raise ExportError(f"node '{node.name}': {node.op} is not supported")
+        prev = node
+
+
 def layers_from_module(module: nn.Module) -> list[FloatLayer]:
-    """Reduce an nn.Sequential of Linear/ReLU to FloatLayers; refuse anything else by name."""
+    """Reduce an MLP module to FloatLayers; refuse anything else by name and index.
+
+    Takes nn.Sequential (nested too), a bare nn.Linear, or a custom module whose
+    forward is a chain of supported layers (traced with torch.fx). BatchNorm1d
+    right after a Linear is folded into it.
+    """
     if isinstance(module, nn.Linear):
         module = nn.Sequential(module)
-    if not isinstance(module, nn.Sequential):
-        raise ExportError(f"expected an nn.Sequential of {SUPPORTED}, got {type(module).__name__}")
+    leaves = _walk(module) if isinstance(module, nn.Sequential) else _traced(module)
     layers: list[FloatLayer] = []
-    for index, (name, leaf) in enumerate(_walk(module)):
+    ended = None  # a trailing Softmax/LogSoftmax: dropped, argmax is unchanged
+    for index, (name, leaf) in enumerate(leaves):
         kind = type(leaf).__name__
         where = f"layer {index} '{name}' ({kind})"
+        if isinstance(leaf, (nn.Softmax, nn.LogSoftmax)) and layers:
+            ended = where
+            continue
+        if ended and not isinstance(leaf, _PASS_THROUGH):
+            raise ExportError(f"{where}: comes after {ended}; a Softmax is supported only at "
+                              f"the end")
         if isinstance(leaf, nn.Linear):
             w = leaf.weight.detach().double().numpy().copy()
             b = None if leaf.bias is None else leaf.bias.detach().double().numpy().copy()
             layers.append(FloatLayer(w, b, "none", name))
-        elif isinstance(leaf, nn.ReLU):
+        elif isinstance(leaf, (nn.ReLU, nn.ReLU6, nn.Hardtanh)):
             if not layers:
-                raise ExportError(f"{where}: ReLU before the first Linear is not supported")
-            layers[-1].act = "relu"  # ReLU twice is ReLU
+                raise ExportError(f"{where}: an activation before the first Linear is not "
+                                  f"supported")
+            if isinstance(leaf, nn.ReLU):
+                layers[-1].then("relu")
+            else:  # ReLU6 is a Hardtanh(0, 6)
+                layers[-1].then("clamp", float(leaf.min_val), float(leaf.max_val))
+        elif isinstance(leaf, nn.BatchNorm1d):
+            if not layers or layers[-1].act != "none":
+                raise ExportError(f"{where}: BatchNorm1d is supported right after a Linear "
+                                  f"(it is folded into it)")
+            if not leaf.track_running_stats or leaf.running_mean is None:
+                raise ExportError(f"{where}: BatchNorm1d without running statistics")
+            gamma = leaf.weight.detach().double().numpy() if leaf.affine else np.ones(
+                leaf.num_features)
+            beta = leaf.bias.detach().double().numpy() if leaf.affine else np.zeros(
+                leaf.num_features)
+            layers[-1] = fold_batchnorm(layers[-1], gamma, beta,
+                                        leaf.running_mean.double().numpy(),
+                                        leaf.running_var.double().numpy(), leaf.eps, where)
         elif isinstance(leaf, _PASS_THROUGH):
             if isinstance(leaf, nn.Flatten) and layers:
                 raise ExportError(f"{where}: Flatten after a Linear is not supported")

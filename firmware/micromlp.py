@@ -42,6 +42,7 @@ _HEADER_SIZE = const(40)
 _LAYER_HEADER_SIZE = const(36)
 _ACT_NONE = const(0)
 _ACT_RELU = const(1)
+_ACT_CLAMP = const(2)  # ReLU6, Hardtanh: the clamp [lo, hi] is the activation
 _FLAG_BIAS = const(1)
 _FLAG_FOLDED = const(2)  # informational: the bias came from folding
 _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below this
@@ -370,7 +371,7 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
         raise bad("n_out is 0")
     if w_bits not in (8, 16):
         raise bad("weight bits %d, expected 8 or 16" % w_bits)
-    if act not in (_ACT_NONE, _ACT_RELU):
+    if act not in (_ACT_NONE, _ACT_RELU, _ACT_CLAMP):
         raise bad("unknown activation code %d" % act)
     if flags & ~(_FLAG_BIAS | _FLAG_FOLDED):
         raise bad("unknown flags 0x%x" % flags)

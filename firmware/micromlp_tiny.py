@@ -36,7 +36,7 @@ class Net:
         for _ in range(nl):
             h = self._get(36)
             _, ni, no, wb, fl, _, _, lo, hi = struct.unpack("<IHHBBBBii", h[:20])
-            if ni != n or wb != 8:
+            if ni != n or wb != 8 or h[10] > 2:
                 raise ModelError("offset %d: bad layer" % self.pos)
             skip = self.pos - end
             if stream:  # weights stay in the file: keep one row buffer

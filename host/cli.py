@@ -76,11 +76,26 @@ def _quant_options(args: argparse.Namespace):
     )
 
 
+def _floats(text: str | None) -> np.ndarray | None:
+    if text is None:
+        return None
+    try:
+        return np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        raise CLIError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def do_export(args: argparse.Namespace) -> int:
-    from ..export.exporter import export_checkpoint
+    from ..export.exporter import export_checkpoint, export_onnx
     from ..export.report import layer_table
 
-    res = export_checkpoint(args.model, args.output, args.calib, _quant_options(args))
+    mean, std = _floats(args.input_mean), _floats(args.input_std)
+    if (mean is None) != (std is None):
+        raise CLIError("--input-mean and --input-std go together")
+    export = export_onnx if str(args.model).endswith(".onnx") else export_checkpoint
+    res = export(args.model, args.output, args.calib, _quant_options(args), mean=mean, std=std)
+    for note in res.model.meta.get("notes", []):
+        print(f"note: {note}")
     print(layer_table(res.model))
     print(
         f"PyTorch agreement bound: |fixed - float| <= {res.error_bound:.4g} per output, "
@@ -319,9 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=do_train)
 
     p = sub.add_parser("export", help="export a checkpoint to fixed point")
-    p.add_argument("model", help="checkpoint written by 'micromlp train'")
+    p.add_argument("model", help="checkpoint written by 'micromlp train', or an .onnx file")
     p.add_argument("-o", "--output", default="out", help="output folder")
     p.add_argument("--calib", help="calibration data .npz (default: the split next to MODEL)")
+    p.add_argument("--input-mean", help="per-input means (comma-separated, or one for all) "
+                   "to fold into the first layer, with --input-std")
+    p.add_argument("--input-std", help="per-input standard deviations (see --input-mean)")
     _add_quant_args(p)
     p.set_defaults(func=do_export)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..export.qmodel import ACT_RELU, SMALL_INT, QuantModel
+from ..export.qmodel import ACT_CLAMP, ACT_RELU, SMALL_INT, QuantModel
 
 
 class BoundViolation(AssertionError):
@@ -40,7 +40,9 @@ def run(model: QuantModel, xq: np.ndarray) -> ReferenceResult:
             raise BoundViolation(f"layer {i}: an intermediate value reached {peak} >= 2**30")
         y = scaled >> layer.shift.astype(np.int64)
         high = y > layer.hi
-        low = np.zeros_like(high) if layer.act == ACT_RELU else (y < layer.lo)
+        if layer.act == ACT_CLAMP:  # the network's own clamp: reaching it is intended
+            high = np.zeros_like(high)
+        low = np.zeros_like(high) if layer.act in (ACT_RELU, ACT_CLAMP) else (y < layer.lo)
         saturated |= np.any(high | low, axis=1)
         x = np.clip(y, layer.lo, layer.hi)
     return ReferenceResult(out=x, saturated=saturated)

@@ -137,3 +137,30 @@ def test_errors_are_one_line_with_the_file_and_problem(iris, tmp_path):
     r = cli("train", "--dataset", "mnist")
     assert r.returncode == 2 and "invalid choice: 'mnist'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_export_onnx_with_input_normalization_on_the_cli(tmp_path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    torch.onnx.export(module, (torch.zeros(1, 3),), str(tmp_path / "m.onnx"),
+                      input_names=["x"], output_names=["y"], dynamo=False)
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(200, 3)) * [10, 1, 0.1] + [100, 0, -5]  # raw sensor units
+    np.savez(tmp_path / "m.npz", x_train=raw, x_test=raw[:20])
+    r = cli("export", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out"),
+            "--input-mean", "100,0,-5", "--input-std", "10,1,0.1")
+    assert r.returncode == 0, r.stderr
+    assert "folded input mean" in r.stdout or "yes" in r.stdout
+    r = cli("run", str(tmp_path / "out" / "model.mlp"), "--input", str(tmp_path / "m.npz"),
+            "--json")
+    got = np.array(json.loads(r.stdout)["dequantized"])
+    with torch.no_grad():
+        want = module(torch.tensor((raw[:20] - [100, 0, -5]) / [10, 1, 0.1],
+                                   dtype=torch.float32)).numpy()
+    info = json.loads(cli("inspect", str(tmp_path / "out" / "model.mlp"), "--json").stdout)
+    assert np.abs(got - want).max() <= info["error_bound"]
+    r = cli("export", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o2"), "--input-mean", "1")
+    assert r.returncode == 2 and "--input-mean and --input-std go together" in r.stderr
