@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .qmodel import ACT_NAMES, SMALL_INT, QuantLayer, QuantModel
+from .qmodel import ACT_NAMES, SMALL_INT, QuantLayer, QuantModel, requant_ok
 
 MAGIC = b"MMLP"
 VERSION = 1
@@ -187,8 +187,7 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize:
     w_scale = cur.array("<f4", n_out, f"layer {index} weight scales")
     for o in range(n_out):
         m, s = int(mult[o]), int(shift[o])
-        rnd = (1 << (s - 1)) if s else 0
-        if m < 1 or s > 30 or bound * m + rnd >= SMALL_INT:
+        if not requant_ok(bound, m, s):
             raise bad(f"requantizer of channel {o} (mult {m}, shift {s}) can reach 2**30")
     return QuantLayer(
         w=w,

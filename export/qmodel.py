@@ -11,6 +11,21 @@ ACT_RELU = 1  # twin of firmware/micromlp.py _ACT_RELU
 ACT_CLAMP = 2  # a clamp the network asks for (ReLU6, Hardtanh): reaching it is not saturation
 ACT_NAMES = {ACT_NONE: "none", ACT_RELU: "relu", ACT_CLAMP: "clamp"}
 SMALL_INT = 1 << 30  # every value the engine forms stays below this in magnitude
+# Requantizing with shift >= SPLIT_SHIFT splits the accumulator at bit 15 so that a
+# 14-bit multiplier never meets the whole accumulator (docs/format.md).
+SPLIT_SHIFT = 15
+MULT_LIMIT = 1 << 14  # mult < MULT_LIMIT when shift >= SPLIT_SHIFT
+MAX_SHIFT = 45  # shift - 15 <= 30: a shift count every port handles
+
+
+def requant_ok(bound: int, mult: int, shift: int) -> bool:
+    """Whether the engine can apply (mult, shift) to accumulators within bound below 2**30."""
+    if mult < 1 or shift > MAX_SHIFT:
+        return False
+    if shift >= SPLIT_SHIFT:
+        return mult < MULT_LIMIT and bound < SMALL_INT
+    rnd = (1 << (shift - 1)) if shift else 0
+    return bound * mult + rnd < SMALL_INT
 
 
 @dataclass

@@ -17,7 +17,17 @@ import numpy as np
 from .fold import fold_input_affine
 from .layers import ExportError, FloatLayer, check, forward
 from .modelfile import accumulator_bound, running_sum_bound
-from .qmodel import ACT_CLAMP, ACT_NONE, ACT_RELU, SMALL_INT, QuantLayer, QuantModel
+from .qmodel import (
+    ACT_CLAMP,
+    ACT_NONE,
+    ACT_RELU,
+    MAX_SHIFT,
+    MULT_LIMIT,
+    SMALL_INT,
+    SPLIT_SHIFT,
+    QuantLayer,
+    QuantModel,
+)
 
 
 @dataclass
@@ -35,18 +45,18 @@ def _round(x: np.ndarray) -> np.ndarray:
 
 
 def quantize_inputs(
-    x: np.ndarray, bits: int
+    x: np.ndarray, bits: int, qmax: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray]:
     """Per-feature input quantization from calibration data x [n, n_in].
 
     Integer-valued data that fits the range is kept exact (scale 1, zero 0).
-    Otherwise each feature's [min, max] maps onto [0, 2**bits - 1].
+    Otherwise each feature's [min, max] maps onto [0, qmax] (default 2**bits - 1).
     Returns scale, zero, lo, hi and the per-feature |rounding error| in int units.
     """
     x = np.asarray(x, dtype=np.float64)
     n_in = x.shape[1]
     lo_f, hi_f = x.min(axis=0), x.max(axis=0)
-    qmax = (1 << bits) - 1
+    qmax = (1 << bits) - 1 if qmax is None else qmax
     is_int = np.all(x == np.round(x))
     if is_int and (hi_f.max() - min(lo_f.min(), 0)) <= qmax and abs(lo_f.min()) < SMALL_INT:
         lo, hi = int(min(lo_f.min(), 0)), int(max(hi_f.max(), 0))
@@ -58,6 +68,24 @@ def quantize_inputs(
     return scale, zero, 0, qmax, np.full(n_in, 0.5)
 
 
+# The accumulator budget left for weights x inputs (the rest is the bias's): grids
+# are fitted so that sum|w| * max|x| stays below it, which is what lets 16-bit
+# requests keep the 2**30 proof without starving either side.
+_PRODUCT_BUDGET = 1 << 29
+
+
+def _spread(w: np.ndarray) -> float:
+    """max over rows of sum|w| / max|w|: how many full-scale terms a row adds up to."""
+    a = np.abs(w)
+    m = a.max(axis=1)
+    return float(np.max(np.where(m > 0, a.sum(axis=1) / np.where(m > 0, m, 1), 1.0)))
+
+
+def _grid_cap(spread: float) -> int:
+    """Largest input grid that leaves the weights as many levels (balanced split)."""
+    return max(1, int(np.sqrt(_PRODUCT_BUDGET / spread)))
+
+
 def _act_range(relu: bool, bits: int) -> tuple[int, int]:
     if relu:
         return 0, (1 << bits) - 1
@@ -66,8 +94,20 @@ def _act_range(relu: bool, bits: int) -> tuple[int, int]:
 
 
 def choose_multiplier(m_real: float, bound: int) -> tuple[int, int]:
-    """Largest-shift (mult, shift) with mult / 2**shift ~ m_real and bound*mult + rnd < 2**30."""
-    for shift in range(30, -1, -1):
+    """(mult, shift) with mult / 2**shift ~ m_real that the engine can apply below 2**30.
+
+    shift >= 15 (SPLIT_SHIFT) takes a 14-bit mult: the engine splits the accumulator
+    (docs/format.md), so precision does not depend on the bound. Smaller shifts (m_real
+    above 1/4) multiply directly, which needs bound * mult + rnd < 2**30.
+    """
+    if 0 < m_real < 0.25:
+        shift = min(MAX_SHIFT, int(np.floor(np.log2(MULT_LIMIT / m_real))))
+        mult = int(_round(m_real * 2.0**shift))
+        if mult >= MULT_LIMIT:
+            shift, mult = shift - 1, int(_round(m_real * 2.0 ** (shift - 1)))
+        if shift >= SPLIT_SHIFT and 1 <= mult < MULT_LIMIT:
+            return mult, shift
+    for shift in range(SPLIT_SHIFT - 1, -1, -1):
         mult = int(_round(m_real * (1 << shift)))
         rnd = (1 << (shift - 1)) if shift else 0
         if mult >= 1 and bound * mult + rnd < SMALL_INT:
@@ -94,7 +134,10 @@ def quantize(
             f"calibration data has shape {calib.shape}, expected (n, {layers[0].n_in})"
         )
 
-    in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(calib, opts.act_bits)
+    spreads = [_spread(layer.weight) for layer in layers]
+    in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(
+        calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(spreads[0]))
+    )
     # The first layer takes the input integers q: x = in_scale * (q - in_zero).
     first = fold_input_affine(layers[0], in_scale, -in_scale * in_zero, "folded input zero point")
     flayers = [first] + layers[1:]
@@ -124,17 +167,35 @@ def quantize(
             lo, hi = max(lo, int(_round(a / s_y))), min(hi, int(_round(b / s_y)))
         else:
             lo, hi = _act_range(relu, bits)
+            if not last:  # this grid is the next layer's input grid: fit it
+                cap = _grid_cap(spreads[i + 1])
+                lo, hi = max(lo, -cap), min(hi, cap)
             y_max = float(acts[i].max())
             s_y = (y_max / hi) if y_max > 0 else 1.0
             s_y = float(np.float32(s_y))
 
         wmax = (1 << (opts.weight_bits - 1)) - 1
         row_max = np.abs(layer.weight).max(axis=1)
+        # Fit the weight grid: per row, |acc| <= wmax * (sum|w|/max|w| * max|x| +
+        # |b| / (s_x max|w|)); keep that under 0.9 * 2**30 (the rest absorbs rounding).
+        safe = np.where(row_max > 0, row_max, 1.0)
+        cost = np.abs(layer.weight).sum(axis=1) / safe * x_max
+        if layer.bias is not None:
+            cost = cost + np.abs(layer.bias) / (s_x * safe)
+        wmax = max(1, min(wmax, int(0.9 * SMALL_INT / max(1.0, float(cost.max())))))
         s_w = np.where(row_max > 0, row_max / wmax, 1.0).astype(np.float32).astype(np.float64)
         w_q = np.clip(_round(layer.weight / s_w[:, None]), -wmax, wmax).astype(np.int64)
         b_q = None
         if layer.bias is not None:
-            b_q = _round(layer.bias / (s_x * s_w)).astype(np.int64)
+            b_real = _round(layer.bias / (s_x * s_w))
+            if np.abs(b_real).max() >= SMALL_INT:
+                c = int(np.abs(b_real).argmax())
+                raise ExportError(
+                    f"layer {i} ({layer.n_in}->{layer.n_out}): the bias of channel {c} would be "
+                    f"{b_real[c]:.3g} >= 2**30 in accumulator units (its weights are tiny next "
+                    f"to it); the accumulator can reach 2**30 whatever the bits"
+                )
+            b_q = b_real.astype(np.int64)
         bound = accumulator_bound(w_q, b_q, x_max)
         where = f"layer {i} ({layer.n_in}->{layer.n_out})"
         if bound >= SMALL_INT:

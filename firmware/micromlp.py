@@ -52,7 +52,8 @@ _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below th
 # 32 on 64-bit ports (viper sign-extends 32-bit loads with it) else 0, weight
 # zero point (128 for 8-bit weights, stored offset-binary, else 0), the same
 # shift for the inputs (0 when they are never negative); then per channel c
-# at 11 + 4*c: bias, mult, rnd = 2**(shift-1) or 0, shift.
+# at 11 + 4*c: bias, mult, rnd, shift; rnd = 2**(shift-1) (0 for shift 0), or from
+# shift 15 on, 2**(shift-16) (0 for shift 15), the rounding term above bit 15.
 _Q = const(11)
 
 VERSION = "0.1.0"
@@ -130,8 +131,20 @@ def _linear(x, w, q, y):
             acc[0] = a0
             rows = 1
         # Requantize: round half up ((v + 2**(shift-1)) >> shift; >> floors), clamp.
+        # From shift 15 on, v splits at bit 15 so no product reaches 2**30:
+        # v * m + 2**(sh-1) == ((v >> 15) * m + r) * 2**15 + (v & 32767) * m + r_lo,
+        # r = 2**(sh-16) (0 at sh 15) from q, r_lo = 2**14 at sh 15 (else 0).
         for t in range(rows):
-            v = (acc[t] * q[j + 1] + q[j + 2]) >> q[j + 3]
+            v = acc[t]
+            m = q[j + 1]
+            r = q[j + 2]
+            sh = q[j + 3]
+            if sh < 15:
+                v = (v * m + r) >> sh
+            else:
+                v = (
+                    (v >> 15) * m + r + (((v & 32767) * m + (16384 if sh == 15 else 0)) >> 15)
+                ) >> (sh - 15)
             if v < lo:
                 v = lo
             elif v > hi:
@@ -223,8 +236,17 @@ class Net:
         self.copy = fast.copy if fast else _copy
         # viper sign-extends 32-bit loads on 64-bit ports where values can be < 0
         sx = 32 if fast and _word_bits() == 64 else 0
-        self.bounds = array("i", [self.n_inputs, in_lo, in_hi, sx if in_lo < 0 else 0,
-                                  self.n_outputs, sx if layers[-1].q[2] < 0 else 0])
+        self.bounds = array(
+            "i",
+            [
+                self.n_inputs,
+                in_lo,
+                in_hi,
+                sx if in_lo < 0 else 0,
+                self.n_outputs,
+                sx if layers[-1].q[2] < 0 else 0,
+            ],
+        )
         self.plan = None
 
     def _ready(self):
@@ -394,8 +416,9 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
     if at + size + 4 > fsize:
         raise bad("%d bytes run past the file size %d" % (size, fsize))
     w_pos = r.pos
-    w = r.array("B" if wsize == 1 else "h", n_in * n_out, wsize, "layer %d weights" % index,
-                keep & wsize)
+    w = r.array(
+        "B" if wsize == 1 else "h", n_in * n_out, wsize, "layer %d weights" % index, keep & wsize
+    )
     zw = 128 if wsize == 1 else 0
     q = array("i", bytes(4 * (_Q + 4 * n_out)))
     for i, v in enumerate((n_in, n_out, lo, hi, has_bias, 0, n_out, 0, sx, zw, xsx)):
@@ -418,9 +441,16 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
     for c in range(n_out):
         m = mult[c]
         s = shift[c]
-        rnd = (1 << (s - 1)) if s else 0
-        # The exporter proved |acc * mult| + rnd < 2**30; recheck its arithmetic.
-        if m < 1 or s > 30 or bound * m + rnd >= _SMALL:
+        # Recheck the exporter's arithmetic: no product may reach 2**30. From shift
+        # 15 on the kernels split the accumulator (mult < 2**14; rnd keeps the
+        # rounding term's part above bit 15); below it they multiply it whole.
+        if s >= 15:
+            rnd = (1 << (s - 16)) if s > 15 else 0
+            ok = m < 16384
+        else:
+            rnd = (1 << (s - 1)) if s else 0
+            ok = bound * m + rnd < _SMALL
+        if m < 1 or s > 45 or not ok:
             raise bad("requantizer of channel %d (mult %d, shift %d) can reach 2**30" % (c, m, s))
         j = _Q + 4 * c
         q[j + 1] = m
@@ -459,8 +489,9 @@ def _read(f, kernel, keep):
     x_lo = in_lo
     for i in range(n_layers):
         # viper sign-extends inputs only where they can be negative
-        q, w, w_pos, wsize, relu = _read_layer(r, i, n_in, x_max, fsize, keep, sx,
-                                               sx if x_lo < 0 else 0)
+        q, w, w_pos, wsize, relu = _read_layer(
+            r, i, n_in, x_max, fsize, keep, sx, sx if x_lo < 0 else 0
+        )
         x_max = max(-q[2], q[3])
         x_lo = q[2]
         layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel == "viper")

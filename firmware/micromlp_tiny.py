@@ -107,7 +107,12 @@ class Net:
                 for v in x:
                     a += w[k] * v
                     k += 1
-                a = (a * m[o] + ((1 << s[o]) >> 1)) >> s[o]
+                sh = s[o]
+                if sh < 15:
+                    a = (a * m[o] + ((1 << sh) >> 1)) >> sh
+                else:  # split at bit 15 so no product reaches 2**30 (docs/format.md)
+                    a = ((a >> 15) * m[o] + ((1 << sh - 16) if sh > 15 else 0)
+                         + (((a & 32767) * m[o] + (16384 if sh == 15 else 0)) >> 15)) >> (sh - 15)
                 y[o] = lo if a < lo else (hi if a > hi else a)
             x = y
         if f:

@@ -46,7 +46,16 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
                     acc += int(w[k + i]) * xv
                 i += 1
         k += n
-        acc = (acc * q[j + 1] + q[j + 2]) >> q[j + 3]
+        m = q[j + 1]
+        r = q[j + 2]
+        sh = q[j + 3]
+        if sh < 15:
+            acc = (acc * m + r) >> sh
+        else:  # split at bit 15 so no product reaches 2**30 (see micromlp._linear)
+            lo15 = 0
+            if sh == 15:
+                lo15 = 16384
+            acc = ((acc >> 15) * m + r + (((acc & 32767) * m + lo15) >> 15)) >> (sh - 15)
         if acc < lo:
             acc = lo
         elif acc > hi:
@@ -78,7 +87,16 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
             acc += ((int(w[k]) ^ 0x8000) - 0x8000) * ((x[i] << sx) >> sx)
             k += 1
             i += 1
-        acc = (acc * q[j + 1] + q[j + 2]) >> q[j + 3]
+        m = q[j + 1]
+        r = q[j + 2]
+        sh = q[j + 3]
+        if sh < 15:
+            acc = (acc * m + r) >> sh
+        else:  # split at bit 15 so no product reaches 2**30 (see micromlp._linear)
+            lo15 = 0
+            if sh == 15:
+                lo15 = 16384
+            acc = ((acc >> 15) * m + r + (((acc & 32767) * m + lo15) >> 15)) >> (sh - 15)
         if acc < lo:
             acc = lo
         elif acc > hi:
@@ -139,8 +157,20 @@ def linear_native(x, w, q, y):
             acc[0] = a0
             rows = 1
         # Requantize: round half up ((v + 2**(shift-1)) >> shift; >> floors), clamp.
+        # From shift 15 on, v splits at bit 15 so no product reaches 2**30:
+        # v * m + 2**(sh-1) == ((v >> 15) * m + r) * 2**15 + (v & 32767) * m + r_lo,
+        # r = 2**(sh-16) (0 at sh 15) from q, r_lo = 2**14 at sh 15 (else 0).
         for t in range(rows):
-            v = (acc[t] * q[j + 1] + q[j + 2]) >> q[j + 3]
+            v = acc[t]
+            m = q[j + 1]
+            r = q[j + 2]
+            sh = q[j + 3]
+            if sh < 15:
+                v = (v * m + r) >> sh
+            else:
+                v = (
+                    (v >> 15) * m + r + (((v & 32767) * m + (16384 if sh == 15 else 0)) >> 15)
+                ) >> (sh - 15)
             if v < lo:
                 v = lo
             elif v > hi:

@@ -382,7 +382,8 @@ def self_test(t, model: QuantModel, p: Plan, board: Board, vectors: int = 3,
     _exec(t, "f = w = v = m = vp = n = None\nimport gc\ngc.collect()", "freeing memory")
     _exec(t, "import micromlp", "importing the engine")  # compiled alone: its peak is the largest
     # the test's functions are compiled before the model takes its share of the heap
-    _exec(t, _ST_CHECK + _ST_TIME, "compiling the self-test")
+    _exec(t, _ST_CHECK, "compiling the self-test")
+    _exec(t, _ST_TIME, "compiling the self-test")
     opts = ", stream=True" if p.stream else ""
     free = int(_line(_exec(t, _ST_LOAD.format(opts=opts), "loading the model"), "FREE")[0])
     passed = int(_line(_exec(t, f"_mlp_check({len(xs)})", "the self-test"), "MATCH")[0])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..export.qmodel import ACT_CLAMP, ACT_RELU, SMALL_INT, QuantModel
+from ..export.qmodel import ACT_CLAMP, ACT_RELU, SMALL_INT, SPLIT_SHIFT, QuantModel
 
 
 class BoundViolation(AssertionError):
@@ -34,11 +34,12 @@ def run(model: QuantModel, xq: np.ndarray) -> ReferenceResult:
             acc = acc + layer.b.astype(np.int64)
         if layer.w_bits == 8:
             _check_running_sums(i, layer, x)
-        scaled = acc * layer.mult.astype(np.int64) + layer.rnd
-        peak = max(int(np.abs(acc).max(initial=0)), int(np.abs(scaled).max(initial=0)))
+        mult, shift = layer.mult.astype(np.int64), layer.shift.astype(np.int64)
+        scaled = acc * mult + layer.rnd
+        peak = max(int(np.abs(acc).max(initial=0)), _requant_peak(acc, mult, shift))
         if peak >= SMALL_INT:
             raise BoundViolation(f"layer {i}: an intermediate value reached {peak} >= 2**30")
-        y = scaled >> layer.shift.astype(np.int64)
+        y = scaled >> shift  # exact in int64: the engine's split form gives the same
         high = y > layer.hi
         if layer.act == ACT_CLAMP:  # the network's own clamp: reaching it is intended
             high = np.zeros_like(high)
@@ -46,6 +47,17 @@ def run(model: QuantModel, xq: np.ndarray) -> ReferenceResult:
         saturated |= np.any(high | low, axis=1)
         x = np.clip(y, layer.lo, layer.hi)
     return ReferenceResult(out=x, saturated=saturated)
+
+
+def _requant_peak(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> int:
+    """Largest magnitude the engine's requantizer forms: acc * mult + rnd below shift 15,
+    and from 15 on the parts of the split at bit 15 (see firmware/micromlp.py)."""
+    split = shift >= SPLIT_SHIFT
+    whole = np.where(split, 0, acc * mult + np.where(shift > 0, 1 << np.maximum(shift - 1, 0), 0))
+    low = (acc & 32767) * mult + np.where(shift == SPLIT_SHIFT, 16384, 0)
+    high = (acc >> 15) * mult + np.where(shift > SPLIT_SHIFT, 1 << np.maximum(shift - 16, 0), 0)
+    parts = np.where(split, np.maximum(np.abs(low), np.abs(high + (low >> 15))), 0)
+    return int(max(np.abs(whole).max(initial=0), parts.max(initial=0)))
 
 
 def _check_running_sums(index: int, layer, x: np.ndarray) -> None:

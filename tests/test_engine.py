@@ -26,6 +26,7 @@ ARCHS = [
     ("narrow-wide-narrow", [3, 128, 1], True, "float", None),
     ("w16", [6, 9, 7, 4], [True, False, True], "float", W16),
     ("a16", [5, 8, 3], True, "float", A16),
+    ("w16-a16", [20, 64, 32, 5], True, "float", QuantOptions(weight_bits=16, act_bits=16)),
 ]
 # (vm, kernel, stream): every kernel on the unix port (it has all three), the
 # portable one on CPython and on 32-bit WASI, and streaming weights from the file.

@@ -8,9 +8,10 @@ import torch
 from helpers import calib_data, make_mlp
 from micromlp.export.exporter import export_checkpoint, quantize_layers
 from micromlp.export.layers import ExportError
-from micromlp.export.qmodel import SMALL_INT
+from micromlp.export.qmodel import MAX_SHIFT, MULT_LIMIT, SMALL_INT, SPLIT_SHIFT, requant_ok
 from micromlp.export.quantize import QuantOptions, choose_multiplier
 from micromlp.export.torch_import import layers_from_module, save_checkpoint
+from micromlp.host import reference
 from torch import nn
 
 
@@ -55,33 +56,48 @@ def test_nan_weights_are_refused():
         layers_from_module(module)
 
 
-def test_accumulator_past_2_pow_30_is_refused_with_advice():
+def test_wide_inputs_are_fitted_into_the_proof_or_refused():
+    # raw 16-bit sensor integers into a 1000-wide layer: the input grid is fitted
+    # (not kept exact) so that sum|w| * max|x| and the running sums stay below 2**30
     module = make_mlp([1000, 4])
-    x = calib_data(1000)
-    with pytest.raises(
-        ExportError,
-        match=r"layer 0 \(1000->4\): the accumulator can reach "
-        r"\d+ >= 2\*\*30.*fewer weight or activation bits",
-    ):
-        quantize_layers(layers_from_module(module), x, QuantOptions(act_bits=16, weight_bits=16))
-    # the same network at 8 bits fits
-    model = quantize_layers(layers_from_module(module), x)
-    assert all(layer.acc_bound < SMALL_INT for layer in model.layers)
+    x = np.random.default_rng(0).integers(0, 60_000, size=(64, 1000)).astype(float)
+    for opts in (QuantOptions(act_bits=16), QuantOptions(16, 16)):
+        model = quantize_layers(layers_from_module(module), x, opts)
+        assert model.in_hi < 60_000
+        assert all(layer.acc_bound < SMALL_INT for layer in model.layers)
+        res = reference.run(model, np.full((1, 1000), model.in_hi))  # the worst corner
+        assert res.out.shape == (1, 4)
+    # a layer whose bias alone needs more than the accumulator has is refused
+    huge = make_mlp([3, 2])
+    with torch.no_grad():
+        huge[0].weight.fill_(1e-9)
+        huge[0].bias.fill_(1e9)
+    with pytest.raises(ExportError, match=r"layer 0 \(3->2\): the bias of channel 0 would be "
+                                          r".* >= 2\*\*30"):
+        quantize_layers(layers_from_module(huge), calib_data(3))
 
 
-@pytest.mark.parametrize("m_real", [1e-6, 0.003, 0.7, 1.0, 3.5, 1234.5])
+@pytest.mark.parametrize("m_real", [1e-9, 1e-6, 0.003, 0.2, 0.7, 1.0, 3.5, 1234.5])
 @pytest.mark.parametrize("bound", [1, 1000, 300_000, (1 << 29)])
-def test_multiplier_respects_bound_and_is_as_precise_as_allowed(m_real, bound):
+def test_multiplier_is_applicable_and_as_precise_as_allowed(m_real, bound):
     mult, shift = choose_multiplier(m_real, bound)
-    if mult == 0:  # refused: even the coarsest multiplier overflows
-        assert bound * max(1, round(m_real)) >= SMALL_INT or m_real * 2**30 < 0.5
+    if mult == 0:  # refused: even the coarsest direct multiplier overflows
+        assert m_real >= 0.25 and bound * max(1, round(m_real)) >= SMALL_INT
         return
-    rnd = (1 << (shift - 1)) if shift else 0
-    assert bound * mult + rnd < SMALL_INT
-    if shift < 30:  # one more bit of shift would break the bound
+    assert requant_ok(bound, mult, shift)
+    assert abs(mult / 2**shift - m_real) <= 0.5 / 2**shift
+    if m_real < 0.25 and shift < MAX_SHIFT:
+        # the split form: a full 14-bit multiplier whatever the bound
+        assert shift >= SPLIT_SHIFT and MULT_LIMIT // 2 <= mult < MULT_LIMIT
+    elif m_real >= 0.25 and shift < SPLIT_SHIFT - 1:  # one more bit would overflow
         m2 = int(np.floor(m_real * 2 ** (shift + 1) + 0.5))
         assert bound * m2 + (1 << shift) >= SMALL_INT
-    assert abs(mult / 2**shift - m_real) <= 0.5 / 2**shift
+
+
+def test_requantizer_precision_does_not_depend_on_the_bound():
+    for bound in (100, 1 << 20, (1 << 30) - 1):
+        mult, shift = choose_multiplier(0.001234, bound)
+        assert abs(mult / 2**shift / 0.001234 - 1) < 1e-4
 
 
 def test_normalization_is_folded_into_the_first_layer(tmp_path):
@@ -112,3 +128,29 @@ def test_checkpoint_errors_are_clear(tmp_path):
         export_checkpoint(tmp_path / "y.pt", tmp_path)
     with pytest.raises(ExportError, match="no such file"):
         export_checkpoint(tmp_path / "missing.pt", tmp_path)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "iris", "wine", "breast_cancer"])
+def test_16_bit_models_are_within_1e_3_of_float_on_the_bundled_datasets(dataset, tmp_path):
+    from micromlp.export.torch_import import load_checkpoint
+    from micromlp.host import reference
+    from micromlp.host.train import train
+
+    tr = train(dataset, [32, 16], epochs=20, out=tmp_path / "m.pt", progress=False)
+    res = export_checkpoint(tr.model_path, tmp_path / "out",
+                            opts=QuantOptions(weight_bits=16, act_bits=16))
+    model = res.model
+    module, mean, std, _ = load_checkpoint(tr.model_path)
+    data = np.load(tr.data_path)
+    x = data["x_test"]
+    with torch.no_grad():
+        want = module(torch.tensor((x - mean) / std, dtype=torch.float32)).numpy()
+    raw = np.floor(x / model.in_scale + 0.5) + model.in_zero
+    inside = ~np.any((raw < model.in_lo) | (raw > model.in_hi), axis=1)  # in the declared range
+    ref = reference.run(model, model.quantize_input(x))
+    ok = inside & ~ref.saturated
+    err = np.abs(model.dequantize_output(ref.out) - want)[ok]
+    assert ok.mean() > 0.9
+    assert err.max() <= 1e-3 * np.abs(want).max()
+    assert err.max() <= res.error_bound
+    assert all(layer.acc_bound < SMALL_INT for layer in model.layers)
