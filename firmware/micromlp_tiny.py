@@ -18,10 +18,19 @@ class ModelError(ValueError):
 
 
 class Net:
-    def __init__(self, path, stream=False):
-        f = open(path, "rb")
+    def __init__(self, src, stream=False):
+        if isinstance(src, str):
+            f = open(src, "rb")
+        else:  # a module holding MODEL bytes (model_mlp.py / .mpy)
+            try:
+                from io import BytesIO
+            except ImportError:
+                from uio import BytesIO
+            f = BytesIO(src.MODEL)
+            stream = False
+        data = None if isinstance(src, str) else src.MODEL
         self.f = f
-        self.path = path if stream else None
+        self.path = src if stream else None
         end = 0  # where the previous layer's weights end
         self.pos = 0
         self.crc = 0
@@ -39,10 +48,12 @@ class Net:
             if ni != n or wb != 8 or h[10] > 2:
                 raise ModelError("offset %d: bad layer" % self.pos)
             skip = self.pos - end
-            if stream:  # weights stay in the file: keep one row buffer
+            k0 = 0
+            if stream or data:  # weights stay in the file (one row buffer) or in MODEL
+                k0 = self.pos
                 for _ in range(no):
                     self._get(ni)
-                w = bytearray(ni)
+                w = data or bytearray(ni)
             else:
                 w = self._get(ni * no)
             end = self.pos
@@ -51,7 +62,7 @@ class Net:
             m = array("i", self._get(4 * no))
             s = self._get((no + 3) & ~3)
             self._get(4 * no)
-            self.layers.append((ni, no, w, b, m, s, lo, hi, [0] * no, skip))
+            self.layers.append((ni, no, w, b, m, s, lo, hi, [0] * no, skip, k0))
             n = no
         crc = self.crc
         if self._get(4, 0) != struct.pack("<I", crc):
@@ -85,12 +96,11 @@ class Net:
             self.x[i] = min(max(x[i], self.lo), self.hi)
         x = self.x
         f = open(self.path, "rb") if self.path else None
-        for _, no, w, b, m, s, lo, hi, y, skip in self.layers:
+        for _, no, w, b, m, s, lo, hi, y, skip, k in self.layers:
             # sum(w x) with weights stored as w + 128: start at b - 128 * sum(x)
             t = 0
             for v in x:
                 t += v
-            k = 0
             if f:  # read past what lies between the weights, into the row buffer
                 while skip > 0:
                     n = min(skip, len(w))
@@ -126,7 +136,8 @@ class Net:
         return y.index(max(y))
 
 
-def load(path, stream=False):
-    """stream=True reads the weights from the file on every run, a row at a time
-    (it opens the file: an allocation per run, and a little time)."""
-    return Net(path, stream)
+def load(src, stream=False):
+    """src: a path, or a module holding MODEL bytes. stream=True (paths only) reads
+    the weights from the file on every run, a row at a time (it opens the file:
+    an allocation per run, and a little time)."""
+    return Net(src, stream)

@@ -31,7 +31,7 @@ UNIX_CONFIGS = [
     ("portable", True),
 ]
 WASM_CONFIGS = [("portable", False), ("portable", True)]
-HEAP_FORMS = ("mlp", "py", "mpy", "mlp-stream")
+HEAP_FORMS = ("mlp", "py", "mpy", "mlp-stream", "tiny", "tiny-stream", "tiny-mpy")
 
 
 @dataclass
@@ -198,6 +198,10 @@ _HEAP = {
     "stream=True)\n",
     "py": "import micromlp, model_mlp\nnet = micromlp.load(model_mlp, kernel='portable')\n",
     "mpy": "import micromlp, model_mlp\nnet = micromlp.load(model_mlp, kernel='portable')\n",
+    # the cut-down engine deploy sends to small boards (firmware/micromlp_tiny.py)
+    "tiny": "import micromlp\nnet = micromlp.load('model.mlp')\n",
+    "tiny-stream": "import micromlp\nnet = micromlp.load('model.mlp', stream=True)\n",
+    "tiny-mpy": "import micromlp, model_mlp\nnet = micromlp.load(model_mlp)\n",
 }
 _HEAP_RUN = "x = [{x}]\nprint(list(net.run(x)) == {expect})\n"
 
@@ -298,7 +302,8 @@ def _heap_ok(workdir: Path, form: str, heap: int, check: str) -> bool:
 
 def min_heap(model_path: Path, model: QuantModel, form: str) -> int:
     """Smallest `micropython -X heapsize` (bytes, 256-byte steps) that loads and runs
-    the model correctly in this form, with the engine as .mpy and the portable kernel."""
+    the model correctly in this form, with the engine as .mpy and the portable kernel
+    (forms "tiny*": the cut-down engine, as .mpy)."""
     from . import reference
 
     x = _inputs(model, 1)[0]
@@ -306,11 +311,14 @@ def min_heap(model_path: Path, model: QuantModel, form: str) -> int:
     check = _HEAP_RUN.format(x=", ".join(map(str, x)), expect=expect)
     with tempfile.TemporaryDirectory(prefix="micromlp-heap-") as tmp:
         tmp = Path(tmp)
-        mpy_cross(vms.engine_source(), tmp / "micromlp.mpy")
+        engine = vms.engine_source()
+        if form.startswith("tiny"):
+            engine = engine.with_name("micromlp_tiny.py")
+        mpy_cross(engine, tmp / "micromlp.mpy")
         shutil.copy(model_path, tmp / "model.mlp")
-        if form in ("py", "mpy"):
+        if form in ("py", "mpy", "tiny-mpy"):
             (tmp / "model_mlp.py").write_text(module_source(model_path.read_bytes()))
-            if form == "mpy":
+            if form.endswith("mpy"):
                 mpy_cross(tmp / "model_mlp.py", tmp / "model_mlp.mpy")
                 (tmp / "model_mlp.py").unlink()
         lo, hi = 1024, 1 << 16
@@ -439,7 +447,8 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
     if heap:
         notes.append(
             f"smallest `-X heapsize` that loads and runs it (unix port, 64-bit, engine "
-            f".mpy, portable kernel): {heap}"
+            f".mpy, portable kernel; tiny: the cut-down engine deploy sends to small boards): "
+            f"{heap}"
         )
     if markdown:
         out = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -100,3 +100,37 @@ def test_module_form_loads_and_matches(digits, tmp_path, kernel):
     from micromlp.host import reference
 
     assert eval(rest) == list(reference.run(ex.model, xq).out[0])
+
+
+def test_digits_loads_and_runs_in_a_16k_heap(digits):
+    # the cut-down engine, as deploy sends it, from the .mlp file and from the .mpy module
+    # (the unix port is 64-bit: a 32-bit board needs less)
+    from micromlp.host.bench import min_heap
+
+    _, ex = digits
+    assert min_heap(ex.paths["mlp"], ex.model, "tiny") <= 16 * 1024
+    assert min_heap(ex.paths["mlp"], ex.model, "tiny-mpy") <= 16 * 1024
+    assert min_heap(ex.paths["mlp"], ex.model, "tiny-stream") < min_heap(
+        ex.paths["mlp"], ex.model, "tiny")
+
+
+def test_tiny_engine_uses_module_weights_in_place(digits, tmp_path):
+    import subprocess
+
+    tr, ex = digits
+    vms.stage_firmware(tmp_path, tiny=True)
+    shutil_copy = __import__("shutil").copy
+    shutil_copy(ex.paths["py"], tmp_path / "model_mlp.py")
+    xq = ex.model.quantize_input(np.load(tr.data_path)["x_test"][:2])
+    script = ("import micromlp, model_mlp\n"
+              "net = micromlp.load(model_mlp)\n"
+              "print(net.layers[0][2] is model_mlp.MODEL)\n"
+              + "".join(f"print(list(net.run({row})))\n" for row in xq.tolist()))
+    (tmp_path / "s.py").write_text(script)
+    proc = subprocess.run([vms.unix_exe(), "s.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\n")
+    assert lines[0] == "True"
+    from micromlp.host import reference
+
+    assert [eval(ln) for ln in lines[1:3]] == reference.run(ex.model, xq).out.tolist()
