@@ -276,10 +276,12 @@ Produced by:
 ```
 
 Each engine configuration runs in the same VM process as a plain float nested-list
-implementation of the same network (the baseline), on the same inputs; *speedup* and
-*fuel ratio* compare with it. Times are from the MicroPython unix port (64-bit) on a
-shared machine: medians of several rounds; quote the ratios rather than the absolute
-figures. Fuel is wasmtime's count of executed WebAssembly instructions on the 32-bit
+implementation of the same network (the baseline), on the same inputs, the two
+alternating round by round; *speedup* and *fuel ratio* compare with it. Times are from
+the MicroPython unix port (64-bit) on a shared machine: the table shows the median and
+the range over the rounds, and *speedup* is best round against best round (the rounds
+least disturbed by other load). Quote the ratios rather than the absolute figures.
+Fuel is wasmtime's count of executed WebAssembly instructions on the 32-bit
 WASI MicroPython: deterministic, it does not drift with machine load. Allocation is
 `gc.mem_alloc()` growth per inference with the collector paused. The smallest heap is
 found by bisection over `micropython -X heapsize=N` on the unix port, whose objects are
