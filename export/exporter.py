@@ -99,15 +99,17 @@ def export_checkpoint(
     opts: QuantOptions | None = None,
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
+    trust_pickle: bool = False,
 ) -> ExportResult:
-    """Export a checkpoint written by `micromlp train` (weights only, never pickled code).
+    """Export a checkpoint written by `micromlp train` (weights only), a TorchScript
+    file, or with trust_pickle a pickled nn.Module.
 
     mean/std override the normalization the checkpoint recorded.
     """
-    from .torch_import import layers_from_module, load_checkpoint
+    from .torch_import import layers_from_module, load_module
 
     model_path = Path(model_path)
-    module, ck_mean, ck_std, info = load_checkpoint(model_path)
+    module, ck_mean, ck_std, info = load_module(model_path, trust_pickle)
     mean = ck_mean if mean is None else mean
     std = ck_std if std is None else std
     calib_path = Path(calib_path) if calib_path else model_path.with_suffix(".npz")

@@ -37,6 +37,7 @@ class QuantOptions:
     weight_bits: int = 8
     act_bits: int = 8
     out_bits: int = 16  # the last layer: wide, so argmax rarely ties
+    per_channel: bool = True  # one weight scale per output channel, else one per layer
 
 
 def _round(x: np.ndarray) -> np.ndarray:
@@ -183,6 +184,8 @@ def quantize(
         if layer.bias is not None:
             cost = cost + np.abs(layer.bias) / (s_x * safe)
         wmax = max(1, min(wmax, int(0.9 * SMALL_INT / max(1.0, float(cost.max())))))
+        if not opts.per_channel:  # one scale for the whole layer
+            row_max = np.full_like(row_max, row_max.max())
         s_w = np.where(row_max > 0, row_max / wmax, 1.0).astype(np.float32).astype(np.float64)
         w_q = np.clip(_round(layer.weight / s_w[:, None]), -wmax, wmax).astype(np.int64)
         b_q = None

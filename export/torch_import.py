@@ -207,3 +207,55 @@ def load_checkpoint(
         None if std is None else std.numpy(),
         dict(ck.get("info", {})),
     )
+
+
+def _from_script(module) -> nn.Module:
+    """An eager copy of a TorchScript Sequential MLP (children known by original_name)."""
+    kind = getattr(module, "original_name", type(module).__name__)
+    if kind == "Sequential":
+        return nn.Sequential(*[_from_script(c) for _, c in module.named_children()])
+    params = dict(module.named_parameters(recurse=False))
+    buffers = dict(module.named_buffers(recurse=False))
+    if kind == "Linear":
+        w = params["weight"]
+        lin = nn.Linear(w.shape[1], w.shape[0], bias="bias" in params)
+        lin.load_state_dict({k: v.detach() for k, v in params.items()})
+        return lin
+    if kind == "BatchNorm1d":
+        bn = nn.BatchNorm1d(buffers["running_mean"].shape[0], eps=float(module.eps))
+        bn.load_state_dict({**{k: v.detach() for k, v in params.items()}, **buffers},
+                           strict=False)
+        return bn
+    if kind in ("ReLU6", "Hardtanh"):
+        return nn.Hardtanh(float(module.min_val), float(module.max_val))
+    simple = {"ReLU": nn.ReLU, "Identity": nn.Identity, "Dropout": nn.Dropout,
+              "Flatten": nn.Flatten, "Softmax": nn.Softmax, "LogSoftmax": nn.LogSoftmax}
+    if kind in simple:
+        return simple[kind]()
+    raise ExportError(f"TorchScript layer {kind} is not supported; supported layers: "
+                      f"{SUPPORTED}")
+
+
+def load_module(path: str | Path, trust_pickle: bool = False):
+    """(module, mean, std, info) from a micromlp checkpoint, a TorchScript file, or -
+    only with trust_pickle - a fully pickled nn.Module (unpickling runs code)."""
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{path}: no such file")
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    except Exception:
+        scripted = None
+    if scripted is not None:
+        return _from_script(scripted).eval(), None, None, {"source": "torchscript"}
+    if trust_pickle:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        if isinstance(obj, nn.Module):
+            return obj.eval(), None, None, {"source": "pickle"}
+    try:
+        return load_checkpoint(path)
+    except ExportError as e:
+        if trust_pickle:
+            raise
+        raise ExportError(f"{e}; if it is a pickled nn.Module you trust, pass --trust-pickle "
+                          f"(unpickling runs the file's code)") from None

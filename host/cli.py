@@ -72,7 +72,8 @@ def _quant_options(args: argparse.Namespace):
     from ..export.quantize import QuantOptions
 
     return QuantOptions(
-        weight_bits=args.weight_bits, act_bits=args.act_bits, out_bits=args.out_bits
+        weight_bits=args.weight_bits, act_bits=args.act_bits, out_bits=args.out_bits,
+        per_channel=not args.per_tensor,
     )
 
 
@@ -92,8 +93,11 @@ def do_export(args: argparse.Namespace) -> int:
     mean, std = _floats(args.input_mean), _floats(args.input_std)
     if (mean is None) != (std is None):
         raise CLIError("--input-mean and --input-std go together")
-    export = export_onnx if str(args.model).endswith(".onnx") else export_checkpoint
-    res = export(args.model, args.output, args.calib, _quant_options(args), mean=mean, std=std)
+    if str(args.model).endswith(".onnx"):
+        res = export_onnx(args.model, args.output, args.calib, _quant_options(args), mean, std)
+    else:
+        res = export_checkpoint(args.model, args.output, args.calib, _quant_options(args),
+                                mean, std, trust_pickle=args.trust_pickle)
     for note in res.model.meta.get("notes", []):
         print(f"note: {note}")
     print(layer_table(res.model))
@@ -315,6 +319,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-bits", type=int, default=8, choices=(8, 16))
     p.add_argument("--act-bits", type=int, default=8, choices=(8, 16))
     p.add_argument("--out-bits", type=int, default=16, help="bits of the last layer's output")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="one weight scale per layer instead of one per output channel")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-mean", help="per-input means (comma-separated, or one for all) "
                    "to fold into the first layer, with --input-std")
     p.add_argument("--input-std", help="per-input standard deviations (see --input-mean)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a fully pickled nn.Module (unpickling runs the file's code)")
     _add_quant_args(p)
     p.set_defaults(func=do_export)
 

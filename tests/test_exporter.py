@@ -154,3 +154,43 @@ def test_16_bit_models_are_within_1e_3_of_float_on_the_bundled_datasets(dataset,
     assert err.max() <= 1e-3 * np.abs(want).max()
     assert err.max() <= res.error_bound
     assert all(layer.acc_bound < SMALL_INT for layer in model.layers)
+
+
+def test_torchscript_and_pickled_modules(tmp_path):
+    from micromlp.host import reference
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.ReLU6(), nn.Linear(7, 3)).eval()
+    module[1].running_mean.uniform_(-1, 1)
+    x = calib_data(5, 200)
+    np.savez(tmp_path / "s.npz", x_train=x)
+    np.savez(tmp_path / "p.npz", x_train=x)
+    torch.jit.script(module).save(str(tmp_path / "s.pt"))
+    res = export_checkpoint(tmp_path / "s.pt", tmp_path / "out-s")
+    with torch.no_grad():
+        want = module(torch.tensor(x, dtype=torch.float32)).numpy()
+    ref = reference.run(res.model, res.model.quantize_input(x))
+    err = np.abs(res.model.dequantize_output(ref.out) - want)[~ref.saturated]
+    assert err.max() <= res.error_bound
+    # a fully pickled module: refused by default with the way out, taken with the flag
+    torch.save(module, str(tmp_path / "p.pt"))
+    with pytest.raises(ExportError, match="pass --trust-pickle"):
+        export_checkpoint(tmp_path / "p.pt", tmp_path / "out-p")
+    res2 = export_checkpoint(tmp_path / "p.pt", tmp_path / "out-p", trust_pickle=True)
+    assert np.array_equal(res2.model.layers[0].w, res.model.layers[0].w)
+
+
+def test_per_tensor_scales(tmp_path):
+    from micromlp.host import reference, vms
+
+    module = make_mlp([6, 9, 4])
+    x = calib_data(6)
+    model = quantize_layers(layers_from_module(module), x, QuantOptions(per_channel=False))
+    for layer in model.layers:
+        assert len(set(layer.w_scale.tolist())) == 1
+    from micromlp.export import modelfile
+
+    modelfile.save(model, tmp_path / "m.mlp")
+    xq = model.quantize_input(x[:20])
+    assert np.array_equal(vms.run_firmware("unix", tmp_path / "m.mlp", xq, 4),
+                          reference.run(model, xq).out)
