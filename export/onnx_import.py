@@ -102,7 +102,12 @@ def layers_from_onnx(path: str | Path) -> tuple[list[FloatLayer], list[str]]:
                               f"followed by Softmax/LogSoftmax/ArgMax is supported")
         if op == "Gemm":
             if a.get("transA", 0):
-                raise ExportError(f"{where}: transA=1 on the data input is not supported")
+                # A graph that takes its input as [features, batch]: the same MLP, and
+                # the board takes one feature vector either way. Elsewhere it is not an MLP.
+                if layers or cur != data_inputs[0]:
+                    raise ExportError(f"{where}: transA=1 is supported on the graph input only")
+                notes.append(f"{where}: transA=1 - the graph takes inputs as [features, "
+                             f"batch]; give the board one feature vector")
             b = consts.get(node.input[1]) if len(node.input) > 1 else None
             if b is None:
                 raise ExportError(f"{where}: weight B is not a constant")

@@ -130,6 +130,25 @@ def test_hand_built_gemm_attribute_combinations(tmp_path, alpha, beta, trans_b, 
     assert (ref.out.argmax(1) == label.ravel()).mean() > 0.95
 
 
+def test_gemm_trans_a_on_the_graph_input(tmp_path):
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(4, 3)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["xt", "W", "C"], ["y"], transA=1, alpha=0.5)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("xt", TensorProto.FLOAT, [4, "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(w, "W"),
+         # a typed-field initializer (float_data), not raw_data
+         helper.make_tensor("C", TensorProto.FLOAT, [3], [0.1, -0.2, 0.3])])
+    path = tmp_path / "ta.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
+    layers, notes = layers_from_onnx(path)
+    x = calib_data(4, 50)
+    want = ort_run(path, x.T.copy())[0]
+    np.testing.assert_allclose(forward(layers, x), want, rtol=1e-5, atol=1e-5)
+    assert any("transA=1" in n for n in notes)
+
+
 def test_onnx_refusals_name_the_node(tmp_path):
     nodes = [helper.make_node("Gemm", ["x", "W"], ["h"], name="fc"),
              helper.make_node("Sigmoid", ["h"], ["y"], name="squash")]
@@ -205,3 +224,57 @@ def test_clamp_activations_hit_their_bounds_exactly():
     res = reference.run(model, model.quantize_input(x))
     err = np.abs(model.dequantize_output(res.out) - torch_out(module, x))[~res.saturated]
     assert (~res.saturated).mean() > 0.5 and err.max() <= model.error_bound
+
+
+def _arch(depth, width, bias, act, bn, seed):
+    torch.manual_seed(seed)
+    mods, n = [], 6
+    for i in range(depth):
+        last = i == depth - 1
+        out = 3 if last else width
+        mods.append(nn.Linear(n, out, bias=bias[i % len(bias)]))
+        if not last:
+            if bn:
+                mods.append(nn.BatchNorm1d(out))
+            mods.append({"relu": nn.ReLU(), "relu6": nn.ReLU6(),
+                         "hardtanh": nn.Hardtanh(-1.5, 2.5)}[act])
+        n = out
+    return _init_bn(nn.Sequential(*mods))
+
+
+MATRIX = [
+    # (depth, width, bias per layer (cycled), activation, BatchNorm, weight/act bits)
+    (1, 1, [True], "relu", False, (8, 8)),
+    (2, 1, [False, True], "relu", False, (8, 8)),
+    (3, 17, [True, False], "relu6", True, (8, 8)),
+    (4, 64, [False], "hardtanh", False, (16, 16)),
+    (5, 33, [True], "relu", True, (16, 8)),
+    (6, 12, [False, True, True], "relu", False, (8, 16)),
+    (3, 256, [True], "relu", False, (8, 8)),
+    (2, 256, [False], "relu6", True, (16, 16)),
+]
+
+
+@pytest.mark.parametrize("depth, width, bias, act, bn, bits", MATRIX,
+                         ids=[f"d{m[0]}-w{m[1]}-{m[3]}{'-bn' if m[4] else ''}-{m[5][0]}x{m[5][1]}"
+                              for m in MATRIX])
+def test_architecture_matrix_through_onnx_on_the_vms(tmp_path, depth, width, bias, act, bn,
+                                                     bits):
+    from micromlp.export.quantize import QuantOptions
+
+    module = _arch(depth, width, bias, act, bn, seed=depth * 100 + width)
+    path = tmp_path / "m.onnx"
+    torch_to_onnx(module, 6, path)
+    x = calib_data(6, 256) * 1.5
+    np.savez(tmp_path / "m.npz", x_train=x)
+    res = export_onnx(path, tmp_path / "out", opts=QuantOptions(*bits))
+    model = res.model
+    xq = model.quantize_input(x[:48])
+    ref = reference.run(model, xq)
+    for vm, kernel in (("unix", "viper"), ("unix", "portable"), ("wasm", "portable")):
+        out = vms.run_firmware(vm, res.paths["mlp"], xq, model.n_outputs, kernel)
+        assert np.array_equal(out, ref.out), (vm, kernel)
+    want = ort_run(path, x[:48])[0]
+    err = np.abs(model.dequantize_output(ref.out) - want)[~ref.saturated]
+    assert (~ref.saturated).mean() > 0.5
+    assert err.max() <= model.error_bound
