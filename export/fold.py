@@ -29,7 +29,8 @@ def fold_input_affine(
         bias = bias + shift
     elif np.any(shift != 0):
         bias, bias_note = shift, note
-    return FloatLayer(w, bias, first.act, first.name, bias_note, first.clamp_lo, first.clamp_hi)
+    return FloatLayer(w, bias, first.act, first.name, bias_note, first.clamp_lo, first.clamp_hi,
+                      first.slope)
 
 
 def fold_batchnorm(layer: FloatLayer, gamma, beta, mean, var, eps: float, where: str) -> FloatLayer:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 SUPPORTED = (
-    "Linear (with or without bias), ReLU, ReLU6, Hardtanh, BatchNorm1d after a Linear, "
+    "Linear (with or without bias), ReLU, ReLU6, Hardtanh, LeakyReLU, BatchNorm1d after a "
+    "Linear, "
     "Identity, Dropout, Flatten, and a trailing Softmax/LogSoftmax (dropped: argmax is the same)"
 )
 
@@ -31,6 +32,7 @@ class FloatLayer:
     bias_note: str = ""  # why a layer without bias in the source got one (folding)
     clamp_lo: float = 0.0
     clamp_hi: float = 0.0
+    slope: float = 0.0  # LeakyReLU's negative slope
 
     @property
     def n_in(self) -> int:
@@ -48,10 +50,18 @@ class FloatLayer:
             return np.maximum(y, 0.0)
         if self.act == "clamp":
             return np.clip(y, self.clamp_lo, self.clamp_hi)
+        if self.act == "leaky":
+            return np.where(y < 0, self.slope * y, y)
         return y
 
     def then(self, act: str, lo: float = 0.0, hi: float = 0.0) -> None:
         """Apply an activation after this layer's current one (they compose as clamps)."""
+        if act == "leaky" or self.act == "leaky":
+            if self.act != "none" or not 0 < lo < 1:
+                raise ExportError(f"{self.name or 'Linear'}: LeakyReLU is supported right after "
+                                  f"a Linear, with a slope between 0 and 1 (got {lo})")
+            self.act, self.slope = "leaky", float(lo)
+            return
         if act == "relu":
             act, lo, hi = "clamp", 0.0, np.inf
         if self.act == "none":

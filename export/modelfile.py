@@ -13,16 +13,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .qmodel import ACT_NAMES, SMALL_INT, QuantLayer, QuantModel, requant_ok
+from .qmodel import (
+    ACT_LEAKY,
+    ACT_NAMES,
+    SLOPE_LIMIT,
+    SMALL_INT,
+    QuantLayer,
+    QuantModel,
+    requant_ok,
+)
 
 MAGIC = b"MMLP"
 VERSION = 1
 HEADER_SIZE = 40
-LAYER_HEADER_SIZE = 36
+LAYER_HEADER_SIZE = 40
 FLAG_BIAS = 1
 FLAG_FOLDED = 2  # the bias came from folding; the source layer had none
 _HEADER = struct.Struct("<4sHHIHHHHiiffI")
-_LAYER = struct.Struct("<IHHBBBBiiIfff")
+_LAYER = struct.Struct("<IHHBBBBiiIfffHBB")
 assert _HEADER.size == HEADER_SIZE and _LAYER.size == LAYER_HEADER_SIZE
 
 
@@ -71,6 +79,9 @@ def to_bytes(model: QuantModel) -> bytes:
             layer.in_scale,
             layer.out_scale,
             layer.error_bound,
+            layer.slope_mult,
+            layer.slope_shift,
+            0,
         )
         if layer.w_bits == 8:
             body += _pad((layer.w.astype(np.int16) + 128).astype("u1").tobytes())
@@ -148,9 +159,9 @@ def running_sum_bound(w_bits: int, b: np.ndarray | None, n_in: int, x_max: int) 
 
 def _read_layer(cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize: int) -> QuantLayer:
     at = cur.pos
-    (size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound, in_scale, out_scale, err) = (
-        _LAYER.unpack(cur.take(LAYER_HEADER_SIZE, f"layer {index} header"))
-    )
+    (size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound, in_scale, out_scale, err,
+     slope_mult, slope_shift, _) = _LAYER.unpack(
+        cur.take(LAYER_HEADER_SIZE, f"layer {index} header"))
 
     def bad(msg: str) -> ModelFileError:
         return ModelFileError(f"layer {index} at offset {at}: {msg}")
@@ -163,6 +174,8 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize:
         raise bad(f"weight bits {w_bits}, expected 8 or 16")
     if act not in ACT_NAMES:
         raise bad(f"unknown activation code {act}")
+    if act == ACT_LEAKY and not (1 <= slope_mult < SLOPE_LIMIT and slope_shift <= 20):
+        raise bad(f"LeakyReLU slope {slope_mult} / 2**{slope_shift} is out of range")
     if flags & ~(FLAG_BIAS | FLAG_FOLDED):
         raise bad(f"unknown flags 0x{flags:x}")
     if lo > hi:
@@ -204,6 +217,8 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize:
         w_bits=w_bits,
         error_bound=err,
         bias_note="folded" if flags & FLAG_FOLDED else "",
+        slope_mult=slope_mult if act == ACT_LEAKY else 0,
+        slope_shift=slope_shift if act == ACT_LEAKY else 0,
     )
 
 

@@ -10,7 +10,8 @@ from .fold import fold_batchnorm
 from .layers import ExportError, FloatLayer, check
 
 SUPPORTED_OPS = (
-    "Gemm, MatMul + Add, Relu, Clip, BatchNormalization (after a linear op), Flatten, "
+    "Gemm, MatMul + Add, Relu, Clip, LeakyRelu, BatchNormalization (after a linear op), "
+    "Flatten, "
     "Reshape, Identity, Dropout, Transpose of a constant, Constant, and a trailing "
     "Softmax/LogSoftmax/ArgMax"
 )
@@ -176,8 +177,14 @@ def layers_from_onnx(path: str | Path) -> tuple[list[FloatLayer], list[str]]:
             notes.append(f"dropped the trailing {op}: the board's argmax of the outputs "
                          f"gives the same class")
         elif op == "LeakyRelu":
-            raise ExportError(f"{where}: LeakyRelu is not supported yet; supported: "
-                              f"{SUPPORTED_OPS}")
+            if not layers:
+                raise ExportError(f"{where}: an activation before the first linear op is not "
+                                  f"supported")
+            try:
+                layers[-1].then("leaky", float(a.get("alpha", 0.01)))
+            except ExportError as e:
+                raise ExportError(f"{where}: {e}") from None
+            linear_out = None
         else:
             raise ExportError(f"{where} is not supported; supported: {SUPPORTED_OPS}")
         cur = node.output[0]

@@ -9,7 +9,15 @@ import numpy as np
 ACT_NONE = 0  # twin of firmware/micromlp.py _ACT_NONE
 ACT_RELU = 1  # twin of firmware/micromlp.py _ACT_RELU
 ACT_CLAMP = 2  # a clamp the network asks for (ReLU6, Hardtanh): reaching it is not saturation
-ACT_NAMES = {ACT_NONE: "none", ACT_RELU: "relu", ACT_CLAMP: "clamp"}
+ACT_LEAKY = 3  # LeakyReLU: negative values times slope_mult / 2**slope_shift
+ACT_NAMES = {ACT_NONE: "none", ACT_RELU: "relu", ACT_CLAMP: "clamp", ACT_LEAKY: "leaky"}
+SLOPE_LIMIT = 1 << 13  # slope_mult < SLOPE_LIMIT
+
+
+def leaky_floor(slope_mult: int) -> int:
+    """Below this a negative value is clamped before the slope multiplies it, so that
+    the product stays below 2**30 (docs/format.md)."""
+    return -((1 << 30) // slope_mult - 1)
 SMALL_INT = 1 << 30  # every value the engine forms stays below this in magnitude
 # Requantizing with shift >= SPLIT_SHIFT splits the accumulator at bit 15 so that a
 # 14-bit multiplier never meets the whole accumulator (docs/format.md).
@@ -55,6 +63,8 @@ class QuantLayer:
     w_bits: int = 8
     error_bound: float = 0.0  # worst |dequantized output - float output| of this layer
     bias_note: str = ""  # why a layer whose source had no bias has one (folding)
+    slope_mult: int = 0  # LeakyReLU: y = (max(v, leaky_floor) * slope_mult + rnd) >> slope_shift
+    slope_shift: int = 0
 
     @property
     def n_in(self) -> int:

@@ -19,10 +19,12 @@ from .layers import ExportError, FloatLayer, check, forward
 from .modelfile import accumulator_bound, running_sum_bound
 from .qmodel import (
     ACT_CLAMP,
+    ACT_LEAKY,
     ACT_NONE,
     ACT_RELU,
     MAX_SHIFT,
     MULT_LIMIT,
+    SLOPE_LIMIT,
     SMALL_INT,
     SPLIT_SHIFT,
     QuantLayer,
@@ -174,6 +176,13 @@ def quantize(
             y_max = float(acts[i].max())
             s_y = (y_max / hi) if y_max > 0 else 1.0
             s_y = float(np.float32(s_y))
+        slope_mult = slope_shift = 0
+        if layer.act == "leaky":  # slope as slope_mult / 2**slope_shift, 13 bits
+            slope_shift = min(20, int(np.floor(np.log2(SLOPE_LIMIT / layer.slope))))
+            slope_mult = int(_round(layer.slope * 2.0**slope_shift))
+            if slope_mult >= SLOPE_LIMIT:
+                slope_shift -= 1
+                slope_mult = int(_round(layer.slope * 2.0**slope_shift))
 
         wmax = (1 << (opts.weight_bits - 1)) - 1
         row_max = np.abs(layer.weight).max(axis=1)
@@ -238,6 +247,9 @@ def quantize(
         e += 0.5 * s_y
         if layer.act == "clamp":  # the integer clamp sits within half a step of the real one
             e += 0.5 * s_y
+        if layer.act == "leaky":  # the slope's rounding and the rounding after it
+            pre = acc_max * s_x * s_w  # |pre-activation| in real units
+            e += np.abs(slope_mult / 2.0**slope_shift - layer.slope) * pre + 0.5 * s_y
         # PyTorch computes in float32: allow its own rounding, (n+2) * 2**-24 relative.
         e += (
             (layer.n_in + 2)
@@ -257,7 +269,10 @@ def quantize(
                 shift=shift.astype(np.uint8),
                 lo=lo,
                 hi=hi,
-                act=ACT_RELU if relu else (ACT_CLAMP if layer.act == "clamp" else ACT_NONE),
+                act={"relu": ACT_RELU, "clamp": ACT_CLAMP, "leaky": ACT_LEAKY}.get(
+                    layer.act, ACT_NONE),
+                slope_mult=slope_mult,
+                slope_shift=slope_shift,
                 acc_bound=bound,
                 in_scale=s_x,
                 out_scale=s_y,

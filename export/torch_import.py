@@ -97,6 +97,14 @@ def layers_from_module(module: nn.Module) -> list[FloatLayer]:
             w = leaf.weight.detach().double().numpy().copy()
             b = None if leaf.bias is None else leaf.bias.detach().double().numpy().copy()
             layers.append(FloatLayer(w, b, "none", name))
+        elif isinstance(leaf, nn.LeakyReLU):
+            if not layers:
+                raise ExportError(f"{where}: an activation before the first Linear is not "
+                                  f"supported")
+            try:
+                layers[-1].then("leaky", float(leaf.negative_slope))
+            except ExportError as e:
+                raise ExportError(f"{where}: {e}") from None
         elif isinstance(leaf, (nn.ReLU, nn.ReLU6, nn.Hardtanh)):
             if not layers:
                 raise ExportError(f"{where}: an activation before the first Linear is not "
@@ -228,6 +236,8 @@ def _from_script(module) -> nn.Module:
         return bn
     if kind in ("ReLU6", "Hardtanh"):
         return nn.Hardtanh(float(module.min_val), float(module.max_val))
+    if kind == "LeakyReLU":
+        return nn.LeakyReLU(float(module.negative_slope))
     simple = {"ReLU": nn.ReLU, "Identity": nn.Identity, "Dropout": nn.Dropout,
               "Flatten": nn.Flatten, "Softmax": nn.Softmax, "LogSoftmax": nn.LogSoftmax}
     if kind in simple:

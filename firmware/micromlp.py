@@ -39,22 +39,25 @@ except (ImportError, SyntaxError, NameError):
 _MAGIC = b"MMLP"
 _VERSION = const(1)
 _HEADER_SIZE = const(40)
-_LAYER_HEADER_SIZE = const(36)
+_LAYER_HEADER_SIZE = const(40)
 _ACT_NONE = const(0)
 _ACT_RELU = const(1)
 _ACT_CLAMP = const(2)  # ReLU6, Hardtanh: the clamp [lo, hi] is the activation
+_ACT_LEAKY = const(3)  # LeakyReLU: negative values times slope_mult / 2**slope_shift
 _FLAG_BIAS = const(1)
 _FLAG_FOLDED = const(2)  # informational: the bias came from folding
 _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below this
 
 # A layer's parameters as one int32 array q, shared by every kernel:
-# q[0..10] = n_in, n_out, lo, hi, has_bias, first row, end row, weight offset,
+# q[0..14] = n_in, n_out, lo, hi, has_bias, first row, end row, weight offset,
 # 32 on 64-bit ports (viper sign-extends 32-bit loads with it) else 0, weight
 # zero point (128 for 8-bit weights, stored offset-binary, else 0), the same
-# shift for the inputs (0 when they are never negative); then per channel c
-# at 11 + 4*c: bias, mult, rnd, shift; rnd = 2**(shift-1) (0 for shift 0), or from
+# shift for the inputs (0 when they are never negative), LeakyReLU's slope_mult
+# (0: no LeakyReLU), slope_shift, its rounding term, and the floor a negative
+# value is clamped to before the slope multiplies it; then per channel c at
+# 15 + 4*c: bias, mult, rnd, shift; rnd = 2**(shift-1) (0 for shift 0), or from
 # shift 15 on, 2**(shift-16) (0 for shift 15), the rounding term above bit 15.
-_Q = const(11)
+_Q = const(15)
 
 VERSION = "0.1.0"
 
@@ -98,6 +101,10 @@ def _linear(x, w, q, y):
         for xv in x:
             s += xv
         s *= q[9]
+    lm = q[11]
+    ls = q[12]
+    lr = q[13]
+    lf = q[14]
     n2 = n + n
     n3 = n2 + n
     acc = _ACC
@@ -145,6 +152,10 @@ def _linear(x, w, q, y):
                 v = (
                     (v >> 15) * m + r + (((v & 32767) * m + (16384 if sh == 15 else 0)) >> 15)
                 ) >> (sh - 15)
+            if v < 0 and lm:  # LeakyReLU
+                if v < lf:
+                    v = lf
+                v = (v * lm + lr) >> ls
             if v < lo:
                 v = lo
             elif v > hi:
@@ -383,6 +394,7 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
     at = r.pos
     h = r.fill(bytearray(_LAYER_HEADER_SIZE), "layer %d header" % index)
     size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound = struct.unpack("<IHHBBBBiiI", h[:24])
+    sm, ss = struct.unpack("<HB", h[36:39])
 
     def bad(msg):
         return ModelError("layer %d at offset %d: %s" % (index, at, msg))
@@ -393,8 +405,12 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
         raise bad("n_out is 0")
     if w_bits not in (8, 16):
         raise bad("weight bits %d, expected 8 or 16" % w_bits)
-    if act not in (_ACT_NONE, _ACT_RELU, _ACT_CLAMP):
+    if act not in (_ACT_NONE, _ACT_RELU, _ACT_CLAMP, _ACT_LEAKY):
         raise bad("unknown activation code %d" % act)
+    if act == _ACT_LEAKY and not (1 <= sm < 8192 and ss <= 20):
+        raise bad("LeakyReLU slope %d / 2**%d is out of range" % (sm, ss))
+    if act != _ACT_LEAKY:
+        sm = ss = 0
     if flags & ~(_FLAG_BIAS | _FLAG_FOLDED):
         raise bad("unknown flags 0x%x" % flags)
     if lo > hi:
@@ -421,7 +437,11 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
     )
     zw = 128 if wsize == 1 else 0
     q = array("i", bytes(4 * (_Q + 4 * n_out)))
-    for i, v in enumerate((n_in, n_out, lo, hi, has_bias, 0, n_out, 0, sx, zw, xsx)):
+    # LeakyReLU: below lf a negative value would make sm * v reach 2**30
+    lr = (1 << (ss - 1)) if ss else 0
+    lf = -((1 << 30) // sm - 1) if sm else 0
+    for i, v in enumerate((n_in, n_out, lo, hi, has_bias, 0, n_out, 0, sx, zw, xsx, sm, ss, lr,
+                           lf)):
         q[i] = v
     b_max = 0
     if has_bias:

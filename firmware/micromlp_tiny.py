@@ -43,9 +43,10 @@ class Net:
         self.x = [0] * n
         self.layers = []
         for _ in range(nl):
-            h = self._get(36)
-            _, ni, no, wb, fl, _, _, lo, hi = struct.unpack("<IHHBBBBii", h[:20])
-            if ni != n or wb != 8 or h[10] > 2:
+            h = self._get(40)
+            _, ni, no, wb, fl, act, _, lo, hi = struct.unpack("<IHHBBBBii", h[:20])
+            lm, ls = struct.unpack("<HB", h[36:39]) if act == 3 else (0, 0)
+            if ni != n or wb != 8 or act > 3:
                 raise ModelError("offset %d: bad layer" % self.pos)
             skip = self.pos - end
             k0 = 0
@@ -62,7 +63,8 @@ class Net:
             m = array("i", self._get(4 * no))
             s = self._get((no + 3) & ~3)
             self._get(4 * no)
-            self.layers.append((ni, no, w, b, m, s, lo, hi, [0] * no, skip, k0))
+            lf = -((1 << 30) // lm - 1) if lm else 0  # LeakyReLU floor: keeps lm * a < 2**30
+            self.layers.append((ni, no, w, b, m, s, lo, hi, [0] * no, skip, k0, lm, ls, lf))
             n = no
         crc = self.crc
         if self._get(4, 0) != struct.pack("<I", crc):
@@ -96,7 +98,7 @@ class Net:
             self.x[i] = min(max(x[i], self.lo), self.hi)
         x = self.x
         f = open(self.path, "rb") if self.path else None
-        for _, no, w, b, m, s, lo, hi, y, skip, k in self.layers:
+        for _, no, w, b, m, s, lo, hi, y, skip, k, lm, ls, lf in self.layers:
             # sum(w x) with weights stored as w + 128: start at b - 128 * sum(x)
             t = 0
             for v in x:
@@ -123,6 +125,8 @@ class Net:
                 else:  # split at bit 15 so no product reaches 2**30 (docs/format.md)
                     a = ((a >> 15) * m[o] + ((1 << sh - 16) if sh > 15 else 0)
                          + (((a & 32767) * m[o] + (16384 if sh == 15 else 0)) >> 15)) >> (sh - 15)
+                if a < 0 and lm:  # LeakyReLU, as in micromlp.py
+                    a = (max(a, lf) * lm + ((1 << ls) >> 1)) >> ls
                 y[o] = lo if a < lo else (hi if a > hi else a)
             x = y
         if f:

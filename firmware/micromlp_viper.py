@@ -21,6 +21,10 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
     k = q[7]
     sx = q[8]
     xsx = q[10]  # 0 when this layer's inputs are never negative
+    lm = q[11]
+    ls = q[12]
+    lr = q[13]
+    lf = (q[14] << sx) >> sx
     lo = (lo << sx) >> sx
     hi = (hi << sx) >> sx
     s = 0
@@ -30,7 +34,7 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
         i += 1
     s = s << 7
     while o < end:
-        j = 11 + 4 * o
+        j = 15 + 4 * o
         acc = 0 - s
         if bias:
             acc += (q[j] << sx) >> sx
@@ -56,6 +60,10 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
             if sh == 15:
                 lo15 = 16384
             acc = ((acc >> 15) * m + r + (((acc & 32767) * m + lo15) >> 15)) >> (sh - 15)
+        if acc < 0 and lm:  # LeakyReLU
+            if acc < lf:
+                acc = lf
+            acc = (acc * lm + lr) >> ls
         if acc < lo:
             acc = lo
         elif acc > hi:
@@ -74,10 +82,14 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
     end = q[6]
     k = q[7] >> 1  # byte offset to int16 index
     sx = q[8]
+    lm = q[11]
+    ls = q[12]
+    lr = q[13]
+    lf = (q[14] << sx) >> sx
     lo = (lo << sx) >> sx
     hi = (hi << sx) >> sx
     while o < end:
-        j = 11 + 4 * o
+        j = 15 + 4 * o
         acc = 0
         if bias:
             acc = (q[j] << sx) >> sx
@@ -97,6 +109,10 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
             if sh == 15:
                 lo15 = 16384
             acc = ((acc >> 15) * m + r + (((acc & 32767) * m + lo15) >> 15)) >> (sh - 15)
+        if acc < 0 and lm:  # LeakyReLU
+            if acc < lf:
+                acc = lf
+            acc = (acc * lm + lr) >> ls
         if acc < lo:
             acc = lo
         elif acc > hi:
@@ -124,11 +140,15 @@ def linear_native(x, w, q, y):
         for xv in x:
             s += xv
         s *= q[9]
+    lm = q[11]
+    ls = q[12]
+    lr = q[13]
+    lf = q[14]
     n2 = n + n
     n3 = n2 + n
     acc = _ACC_N
     while o < end:
-        j = 11 + 4 * o
+        j = 15 + 4 * o
         if o + 3 < end:
             a0 = a1 = a2 = a3 = -s
             if bias:
@@ -171,6 +191,10 @@ def linear_native(x, w, q, y):
                 v = (
                     (v >> 15) * m + r + (((v & 32767) * m + (16384 if sh == 15 else 0)) >> 15)
                 ) >> (sh - 15)
+            if v < 0 and lm:  # LeakyReLU
+                if v < lf:
+                    v = lf
+                v = (v * lm + lr) >> ls
             if v < lo:
                 v = lo
             elif v > hi:

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..export.qmodel import ACT_CLAMP, ACT_RELU, SMALL_INT, SPLIT_SHIFT, QuantModel
+from ..export.qmodel import (
+    ACT_CLAMP,
+    ACT_LEAKY,
+    ACT_RELU,
+    SMALL_INT,
+    SPLIT_SHIFT,
+    QuantModel,
+    leaky_floor,
+)
 
 
 class BoundViolation(AssertionError):
@@ -40,6 +48,12 @@ def run(model: QuantModel, xq: np.ndarray) -> ReferenceResult:
         if peak >= SMALL_INT:
             raise BoundViolation(f"layer {i}: an intermediate value reached {peak} >= 2**30")
         y = scaled >> shift  # exact in int64: the engine's split form gives the same
+        if layer.act == ACT_LEAKY:  # negative values times the integer slope
+            floor = leaky_floor(layer.slope_mult)
+            saturated |= np.any(y < floor, axis=1)
+            rnd = (1 << (layer.slope_shift - 1)) if layer.slope_shift else 0
+            slope = (np.maximum(y, floor) * layer.slope_mult + rnd) >> layer.slope_shift
+            y = np.where(y < 0, slope, y)
         high = y > layer.hi
         if layer.act == ACT_CLAMP:  # the network's own clamp: reaching it is intended
             high = np.zeros_like(high)

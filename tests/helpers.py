@@ -14,8 +14,9 @@ from micromlp.export.torch_import import layers_from_module
 from torch import nn
 
 
-def make_mlp(sizes: list[int], bias: list[bool] | bool = True, seed: int = 0) -> nn.Sequential:
-    """Random nn.Sequential(Linear, ReLU, ..., Linear) with per-layer bias choice."""
+def make_mlp(sizes: list[int], bias: list[bool] | bool = True, seed: int = 0,
+             act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Random nn.Sequential(Linear, act, ..., Linear) with per-layer bias choice."""
     torch.manual_seed(seed)
     n = len(sizes) - 1
     bias = [bias] * n if isinstance(bias, bool) else bias
@@ -26,7 +27,7 @@ def make_mlp(sizes: list[int], bias: list[bool] | bool = True, seed: int = 0) ->
             nn.init.uniform_(lin.bias, -0.5, 0.5)
         mods.append(lin)
         if i < n - 1:
-            mods.append(nn.ReLU())
+            mods.append(act())
     return nn.Sequential(*mods).eval()
 
 

@@ -10,6 +10,7 @@ from helpers import calib_data, export, make_mlp, torch_out
 from micromlp.export.qmodel import QuantLayer
 from micromlp.export.quantize import QuantOptions
 from micromlp.host import reference, vms
+from torch import nn
 
 W16 = QuantOptions(weight_bits=16)
 A16 = QuantOptions(act_bits=16)
@@ -26,6 +27,8 @@ ARCHS = [
     ("narrow-wide-narrow", [3, 128, 1], True, "float", None),
     ("w16", [6, 9, 7, 4], [True, False, True], "float", W16),
     ("a16", [5, 8, 3], True, "float", A16),
+    ("leaky", [6, 12, 8, 4], [True, False, True], "float", None),
+    ("leaky-w16-a16", [8, 32, 3], True, "float", QuantOptions(weight_bits=16, act_bits=16)),
     ("w16-a16", [20, 64, 32, 5], True, "float", QuantOptions(weight_bits=16, act_bits=16)),
 ]
 # (vm, kernel, stream): every kernel on the unix port (it has all three), the
@@ -63,7 +66,8 @@ test_inputs.__test__ = False  # a helper, not a test
 @pytest.fixture(scope="module", params=ARCHS, ids=[a[0] for a in ARCHS])
 def exported(request, tmp_path_factory):
     name, sizes, bias, kind, opts = request.param
-    module = make_mlp(sizes, bias, seed=len(name))
+    act = (lambda: nn.LeakyReLU(0.1)) if name.startswith("leaky") else nn.ReLU
+    module = make_mlp(sizes, bias, seed=len(name), act=act)
     x = calib_data(sizes[0], kind=kind)
     path = tmp_path_factory.mktemp(name) / "m.mlp"
     model = export(module, x, path, opts)

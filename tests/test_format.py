@@ -58,8 +58,8 @@ CASES = {
     "truncated header": (lambda d: d[:20], "truncated at offset 0: header needs 40 bytes, got 20"),
     "no crc": (lambda d: d[:-4], "CRC needs 4 bytes, got 0"),
     "trailing": (lambda d: d + b"\0", "unexpected data after the CRC"),
-    # layer 0's first weight: header 40 + input table 8*5 + layer header 36
-    "weight flipped": (lambda d: d[:116] + bytes([d[116] ^ 0x10]) + d[117:], "CRC mismatch"),
+    # layer 0's first weight: header 40 + input table 8*5 + layer header 40
+    "weight flipped": (lambda d: d[:120] + bytes([d[120] ^ 0x10]) + d[121:], "CRC mismatch"),
 }
 
 

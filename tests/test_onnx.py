@@ -236,7 +236,7 @@ def _arch(depth, width, bias, act, bn, seed):
         if not last:
             if bn:
                 mods.append(nn.BatchNorm1d(out))
-            mods.append({"relu": nn.ReLU(), "relu6": nn.ReLU6(),
+            mods.append({"relu": nn.ReLU(), "relu6": nn.ReLU6(), "leaky": nn.LeakyReLU(0.05),
                          "hardtanh": nn.Hardtanh(-1.5, 2.5)}[act])
         n = out
     return _init_bn(nn.Sequential(*mods))
@@ -252,6 +252,8 @@ MATRIX = [
     (6, 12, [False, True, True], "relu", False, (8, 16)),
     (3, 256, [True], "relu", False, (8, 8)),
     (2, 256, [False], "relu6", True, (16, 16)),
+    (4, 40, [True, False], "leaky", True, (8, 8)),
+    (3, 24, [True], "leaky", False, (16, 16)),
 ]
 
 
