@@ -40,6 +40,9 @@ class QuantOptions:
     act_bits: int = 8
     out_bits: int = 16  # the last layer: wide, so argmax rarely ties
     per_channel: bool = True  # one weight scale per output channel, else one per layer
+    # Raw integer inputs in [lo, hi] (e.g. a 12-bit ADC: (0, 4095)), fed as they are:
+    # scale 1, no rounding. None: derive the input quantization from the calibration data.
+    input_range: tuple[int, int] | None = None
 
 
 def _round(x: np.ndarray) -> np.ndarray:
@@ -138,9 +141,16 @@ def quantize(
         )
 
     spreads = [_spread(layer.weight) for layer in layers]
-    in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(
-        calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(spreads[0]))
-    )
+    if opts.input_range is not None:
+        in_lo, in_hi = (int(v) for v in opts.input_range)
+        if in_lo > in_hi or max(abs(in_lo), abs(in_hi)) >= SMALL_INT:
+            raise ExportError(f"input range [{in_lo}, {in_hi}] is empty or past 2**30")
+        n_in = layers[0].n_in
+        in_scale, in_zero, e_in = np.ones(n_in), np.zeros(n_in, np.int64), np.zeros(n_in)
+    else:
+        in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(
+            calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(spreads[0]))
+        )
     # The first layer takes the input integers q: x = in_scale * (q - in_zero).
     first = fold_input_affine(layers[0], in_scale, -in_scale * in_zero, "folded input zero point")
     flayers = [first] + layers[1:]

@@ -136,31 +136,41 @@ def layers_from_module(module: nn.Module) -> list[FloatLayer]:
 
 def build_sequential(arch: list[dict]) -> nn.Sequential:
     """nn.Sequential from the architecture list a checkpoint stores."""
+    simple = {"ReLU": nn.ReLU, "Identity": nn.Identity, "Dropout": nn.Dropout,
+              "Flatten": nn.Flatten}
     mods: list[nn.Module] = []
     for i, spec in enumerate(arch):
         kind = spec.get("type")
         if kind == "Linear":
             mods.append(nn.Linear(int(spec["in"]), int(spec["out"]), bias=bool(spec["bias"])))
-        elif kind == "ReLU":
-            mods.append(nn.ReLU())
+        elif kind == "LeakyReLU":
+            mods.append(nn.LeakyReLU(float(spec["slope"])))
+        elif kind == "Hardtanh":
+            mods.append(nn.Hardtanh(float(spec["min"]), float(spec["max"])))
+        elif kind == "BatchNorm1d":
+            mods.append(nn.BatchNorm1d(int(spec["features"]), eps=float(spec["eps"])))
+        elif kind in simple:
+            mods.append(simple[kind]())
         else:
             raise ExportError(f"architecture entry {i}: unknown layer type {kind!r}")
     return nn.Sequential(*mods)
 
 
 def arch_of(model: nn.Sequential) -> list[dict]:
-    """The architecture list of an nn.Sequential of Linear/ReLU."""
+    """The architecture list of an nn.Sequential of supported layers."""
     arch = []
     for _, leaf in _walk(model):
         if isinstance(leaf, nn.Linear):
-            arch.append(
-                {
-                    "type": "Linear",
-                    "in": leaf.in_features,
-                    "out": leaf.out_features,
-                    "bias": leaf.bias is not None,
-                }
-            )
+            arch.append({"type": "Linear", "in": leaf.in_features, "out": leaf.out_features,
+                         "bias": leaf.bias is not None})
+        elif isinstance(leaf, nn.LeakyReLU):
+            arch.append({"type": "LeakyReLU", "slope": float(leaf.negative_slope)})
+        elif isinstance(leaf, nn.Hardtanh):  # ReLU6 too
+            arch.append({"type": "Hardtanh", "min": float(leaf.min_val),
+                         "max": float(leaf.max_val)})
+        elif isinstance(leaf, nn.BatchNorm1d):
+            arch.append({"type": "BatchNorm1d", "features": leaf.num_features,
+                         "eps": float(leaf.eps)})
         else:
             arch.append({"type": type(leaf).__name__})
     return arch

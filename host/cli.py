@@ -71,9 +71,20 @@ def do_train(args: argparse.Namespace) -> int:
 def _quant_options(args: argparse.Namespace):
     from ..export.quantize import QuantOptions
 
+    input_range = None
+    if getattr(args, "input_bits", None) is not None:
+        input_range = (0, (1 << args.input_bits) - 1)
+    if getattr(args, "input_range", None):
+        try:
+            lo, hi = (int(v) for v in args.input_range.split(","))
+        except ValueError:
+            raise CLIError(
+                f"--input-range takes LO,HI integers, got {args.input_range!r}"
+            ) from None
+        input_range = (lo, hi)
     return QuantOptions(
         weight_bits=args.weight_bits, act_bits=args.act_bits, out_bits=args.out_bits,
-        per_channel=not args.per_tensor,
+        per_channel=not args.per_tensor, input_range=input_range,
     )
 
 
@@ -350,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-std", help="per-input standard deviations (see --input-mean)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow a fully pickled nn.Module (unpickling runs the file's code)")
+    p.add_argument("--input-range", metavar="LO,HI",
+                   help="inputs are raw integers in [LO, HI], fed to the board as they are")
+    p.add_argument("--input-bits", type=int,
+                   help="inputs are raw unsigned N-bit integers (e.g. 12 for a 12-bit ADC)")
     _add_quant_args(p)
     p.set_defaults(func=do_export)
 

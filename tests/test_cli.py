@@ -164,3 +164,32 @@ def test_export_onnx_with_input_normalization_on_the_cli(tmp_path):
     assert np.abs(got - want).max() <= info["error_bound"]
     r = cli("export", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "o2"), "--input-mean", "1")
     assert r.returncode == 2 and "--input-mean and --input-std go together" in r.stderr
+
+
+def test_raw_adc_integers_with_input_bits(tmp_path):
+    # a 12-bit ADC: the board feeds raw counts 0..4095; normalization is folded in
+    import torch
+    from micromlp.export.torch_import import save_checkpoint
+    from torch import nn
+
+    torch.manual_seed(1)
+    module = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.1), nn.Linear(8, 2)).eval()
+    mean, std = np.array([2048.0, 1000.0, 3000.0]), np.array([600.0, 300.0, 500.0])
+    save_checkpoint(tmp_path / "adc.pt", module, mean, std, {})
+    rng = np.random.default_rng(0)
+    raw = np.clip(np.round(mean + std * rng.normal(size=(300, 3))), 0, 4095)
+    np.savez(tmp_path / "adc.npz", x_train=raw, x_test=raw[:30])
+    r = cli("export", str(tmp_path / "adc.pt"), "-o", str(tmp_path / "out"), "--input-bits", "12")
+    assert r.returncode == 0, r.stderr
+    assert "inputs: 3 ints in [0, 4095]" in r.stdout
+    np.savetxt(tmp_path / "counts.csv", raw[:30], delimiter=",", fmt="%d")
+    r = cli("run", str(tmp_path / "out" / "model.mlp"), "--input", str(tmp_path / "counts.csv"),
+            "--int", "--vm", "unix", "--json")
+    got = np.array(json.loads(r.stdout)["dequantized"])
+    with torch.no_grad():
+        want = module(torch.tensor((raw[:30] - mean) / std, dtype=torch.float32)).numpy()
+    info = json.loads(cli("inspect", str(tmp_path / "out" / "model.mlp"), "--json").stdout)
+    assert info["input_range"] == [0, 4095]
+    assert np.abs(got - want).max() <= info["error_bound"]
+    r = cli("export", str(tmp_path / "adc.pt"), "-o", str(tmp_path / "o2"), "--input-range", "5")
+    assert r.returncode == 2 and "--input-range takes LO,HI integers" in r.stderr
