@@ -70,6 +70,15 @@ def write(
     return paths
 
 
+def _export(source: Path, layers: list[FloatLayer], calib_path: Path, out_dir: str | Path,
+            opts: QuantOptions | None, mean: np.ndarray | None, std: np.ndarray | None,
+            **meta) -> ExportResult:
+    # the tail both sources share: fold, quantize on the calibration data, write
+    qmodel = quantize_layers(layers, load_calibration(calib_path), opts, mean, std)
+    qmodel.meta.update(source=str(source), calibration=str(calib_path), **meta)
+    return ExportResult(qmodel, write(qmodel, out_dir))
+
+
 def export_onnx(
     onnx_path: str | Path,
     out_dir: str | Path,
@@ -87,9 +96,7 @@ def export_onnx(
     if not calib_path.exists():
         raise ExportError(f"{onnx_path}: calibration data is needed: --calib DATA.npz "
                           f"(raw inputs as 'x_train' or 'x')")
-    qmodel = quantize_layers(layers, load_calibration(calib_path), opts, mean, std)
-    qmodel.meta.update(source=str(onnx_path), calibration=str(calib_path), notes=notes)
-    return ExportResult(qmodel, write(qmodel, out_dir))
+    return _export(onnx_path, layers, calib_path, out_dir, opts, mean, std, notes=notes)
 
 
 def export_checkpoint(
@@ -113,9 +120,5 @@ def export_checkpoint(
     mean = ck_mean if mean is None else mean
     std = ck_std if std is None else std
     calib_path = Path(calib_path) if calib_path else model_path.with_suffix(".npz")
-    calib = load_calibration(calib_path)
-    qmodel = quantize_layers(layers_from_module(module), calib, opts, mean, std)
-    qmodel.meta["source"] = str(model_path)
-    qmodel.meta["calibration"] = str(calib_path)
-    qmodel.meta["info"] = info
-    return ExportResult(qmodel, write(qmodel, out_dir))
+    return _export(model_path, layers_from_module(module), calib_path, out_dir, opts, mean,
+                   std, info=info)

@@ -294,10 +294,6 @@ def quantize(
         )
         s_x, x_max, err_in = s_y, max(abs(lo), abs(hi)), e
 
-    meta = {
-        "float_layers": flayers,
-        "source_layers": layers,
-    }
     return QuantModel(
         layers=qlayers,
         in_scale=in_scale.astype(np.float32),
@@ -305,7 +301,6 @@ def quantize(
         in_lo=in_lo,
         in_hi=in_hi,
         error_bound=errors[-1],
-        meta=meta,
     )
 
 
