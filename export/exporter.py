@@ -12,6 +12,7 @@ from .fold import fold_normalization
 from .layers import ExportError, FloatLayer
 from .qmodel import QuantModel
 from .quantize import QuantOptions, quantize
+from .sources import Source
 
 
 @dataclass
@@ -20,6 +21,7 @@ class ExportResult:
 
     model: QuantModel
     paths: dict[str, Path] = field(default_factory=dict)
+    source: Source | None = None  # the float model, with its own runtime
 
     @property
     def error_bound(self) -> float:
@@ -27,17 +29,10 @@ class ExportResult:
 
 
 def load_calibration(path: str | Path) -> np.ndarray:
-    """Calibration inputs from an .npz (x_train, else x) or .npy file."""
-    path = Path(path)
-    if not path.exists():
-        raise ExportError(f"{path}: calibration file not found")
-    if path.suffix == ".npy":
-        return np.load(path)
-    with np.load(path) as data:
-        for key in ("x_train", "x"):
-            if key in data:
-                return data[key]
-        raise ExportError(f"{path}: no 'x_train' or 'x' array (has: {', '.join(data.files)})")
+    """Calibration inputs from a data file: x_train (any case), else x; .npy; .csv."""
+    from .data import load_xy
+
+    return load_xy(path, "train")[0]
 
 
 def quantize_layers(
@@ -70,55 +65,63 @@ def write(
     return paths
 
 
-def _export(source: Path, layers: list[FloatLayer], calib_path: Path, out_dir: str | Path,
-            opts: QuantOptions | None, mean: np.ndarray | None, std: np.ndarray | None,
-            **meta) -> ExportResult:
-    # the tail both sources share: fold, quantize on the calibration data, write
-    qmodel = quantize_layers(layers, load_calibration(calib_path), opts, mean, std)
-    qmodel.meta.update(source=str(source), calibration=str(calib_path), **meta)
-    return ExportResult(qmodel, write(qmodel, out_dir))
-
-
-def export_onnx(
-    onnx_path: str | Path,
-    out_dir: str | Path,
-    calib_path: str | Path | None = None,
+def export_model(
+    model,
+    out_dir: str | Path | None = "out",
+    calib=None,
     opts: QuantOptions | None = None,
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
-) -> ExportResult:
-    """Export an ONNX MLP; mean/std (if given) are folded into the first layer."""
-    from .onnx_import import layers_from_onnx
-
-    onnx_path = Path(onnx_path)
-    layers, notes = layers_from_onnx(onnx_path)
-    calib_path = Path(calib_path) if calib_path else onnx_path.with_suffix(".npz")
-    if not calib_path.exists():
-        raise ExportError(f"{onnx_path}: calibration data is needed: --calib DATA.npz "
-                          f"(raw inputs as 'x_train' or 'x')")
-    return _export(onnx_path, layers, calib_path, out_dir, opts, mean, std, notes=notes)
-
-
-def export_checkpoint(
-    model_path: str | Path,
-    out_dir: str | Path,
-    calib_path: str | Path | None = None,
-    opts: QuantOptions | None = None,
-    mean: np.ndarray | None = None,
-    std: np.ndarray | None = None,
+    *,
+    module: str | None = None,
+    module_args=None,
+    arch: str | list[int] | None = None,
     trust_pickle: bool = False,
+    name: str = "model",
+    mpy: bool = True,
 ) -> ExportResult:
-    """Export a checkpoint written by `micromlp train` (weights only), a TorchScript
-    file, or with trust_pickle a pickled nn.Module.
+    """Any accepted model form → folded, calibrated, quantized model (+ files in out_dir).
 
-    mean/std override the normalization the checkpoint recorded.
+    calib: an array [n, features], a data file, or None for the .npz next to a model
+    file. mean/std override the normalization a checkpoint recorded.
     """
-    from .torch_import import layers_from_module, load_module
+    from .data import check_inputs
+    from .sources import load_source
 
-    model_path = Path(model_path)
-    module, ck_mean, ck_std, info = load_module(model_path, trust_pickle)
-    mean = ck_mean if mean is None else mean
-    std = ck_std if std is None else std
-    calib_path = Path(calib_path) if calib_path else model_path.with_suffix(".npz")
-    return _export(model_path, layers_from_module(module), calib_path, out_dir, opts, mean,
-                   std, info=info)
+    src = load_source(model, module=module, module_args=module_args, arch=arch,
+                      trust_pickle=trust_pickle)
+    if calib is None and isinstance(model, (str, Path)):
+        calib = Path(model).with_suffix(".npz")
+        if not calib.exists():
+            raise ExportError(f"{model}: calibration data is needed: --calib DATA "
+                              f"(raw inputs as in the board, e.g. an .npz with X_train)")
+    if calib is None:
+        raise ExportError("calibration data is needed: calib=X_train (raw inputs, as the "
+                          "board will see them)")
+    calib_name = str(calib) if isinstance(calib, (str, Path)) else "calibration data"
+    x = load_calibration(calib) if isinstance(calib, (str, Path)) else check_inputs(
+        calib, "calibration data")
+    mean = src.mean if mean is None else mean
+    std = src.std if std is None else std
+    if mean is not None and std is not None:
+        src.mean, src.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    qmodel = quantize_layers(src.layers, x, opts, mean, std)
+    qmodel.meta.update(source=src.name or type(model).__name__, kind=src.kind,
+                       calibration=calib_name, notes=src.notes + qmodel.meta.get("notes", []),
+                       info=src.info)
+    paths = write(qmodel, out_dir, name, mpy) if out_dir is not None else {}
+    return ExportResult(qmodel, paths, src)
+
+
+def export_onnx(onnx_path: str | Path, out_dir: str | Path, calib_path=None,
+                opts: QuantOptions | None = None, mean=None, std=None) -> ExportResult:
+    """Export an ONNX MLP (see export_model)."""
+    return export_model(onnx_path, out_dir, calib_path, opts, mean, std)
+
+
+def export_checkpoint(model_path: str | Path, out_dir: str | Path, calib_path=None,
+                      opts: QuantOptions | None = None, mean=None, std=None,
+                      trust_pickle: bool = False) -> ExportResult:
+    """Export a PyTorch file (see export_model)."""
+    return export_model(model_path, out_dir, calib_path, opts, mean, std,
+                        trust_pickle=trust_pickle)

@@ -108,3 +108,12 @@ def check(layers: list[FloatLayer]) -> list[FloatLayer]:
         if layer.n_in > 65535 or layer.n_out > 65535:
             raise ExportError(f"{where}: widths above 65535 do not fit the model file")
     return layers
+
+
+def one_line(e: BaseException) -> str:
+    """A library's multi-line message (torch, onnx), condensed to its first line."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(e).__name__

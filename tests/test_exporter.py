@@ -27,7 +27,7 @@ from torch import nn
             r"layer 2 '2' \(Conv1d\) is not supported",
         ),
         (nn.Sequential(nn.ReLU(), nn.Linear(4, 2)),
-         r"layer 0 '0' \(ReLU\): an activation before the first Linear"),
+         r"layer 0 '0' \(ReLU\): an activation before the first linear op"),
         (
             nn.Sequential(nn.Linear(4, 3), nn.Linear(4, 2)),
             r"layer 1 \(1\): takes 4 inputs but the layer before gives 3",
@@ -121,10 +121,10 @@ def test_normalization_is_folded_into_the_first_layer(tmp_path):
 def test_checkpoint_errors_are_clear(tmp_path):
     bad = tmp_path / "x.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ExportError, match="x.pt: not a PyTorch checkpoint"):
+    with pytest.raises(ExportError, match="x.pt: not a PyTorch file"):
         export_checkpoint(bad, tmp_path)
     torch.save({"hello": 1}, tmp_path / "y.pt")
-    with pytest.raises(ExportError, match="y.pt: not a micromlp checkpoint"):
+    with pytest.raises(ExportError, match="y.pt: no tensors found"):
         export_checkpoint(tmp_path / "y.pt", tmp_path)
     with pytest.raises(ExportError, match="no such file"):
         export_checkpoint(tmp_path / "missing.pt", tmp_path)
