@@ -43,6 +43,10 @@ class QuantOptions:
     # Raw integer inputs in [lo, hi] (e.g. a 12-bit ADC: (0, 4095)), fed as they are:
     # scale 1, no rounding. None: derive the input quantization from the calibration data.
     input_range: tuple[int, int] | None = None
+    # Float inputs: each feature's calibrated range widened by this fraction of its span
+    # on each side, so test data a little past the calibration data does not clip.
+    headroom: float = 0.1
+    bias_correction: bool = True  # layers with a bias absorb their weights' mean error
 
 
 def _round(x: np.ndarray) -> np.ndarray:
@@ -51,7 +55,7 @@ def _round(x: np.ndarray) -> np.ndarray:
 
 
 def quantize_inputs(
-    x: np.ndarray, bits: int, qmax: int | None = None
+    x: np.ndarray, bits: int, qmax: int | None = None, headroom: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray]:
     """Per-feature input quantization from calibration data x [n, n_in].
 
@@ -67,8 +71,18 @@ def quantize_inputs(
     if is_int and (hi_f.max() - min(lo_f.min(), 0)) <= qmax and abs(lo_f.min()) < SMALL_INT:
         lo, hi = int(min(lo_f.min(), 0)), int(max(hi_f.max(), 0))
         return np.ones(n_in), np.zeros(n_in, dtype=np.int64), lo, hi, np.zeros(n_in)
+    # Headroom: data past the calibration range (a test sample, a new sensor) would
+    # clip at the grid's edge; widen each feature's range by a fraction of its span,
+    # but not across zero for a feature that never went below it.
+    room = headroom * (hi_f - lo_f)
+    lo_f = np.where((lo_f >= 0) & (lo_f - room < 0), 0.0, lo_f - room)
+    hi_f = hi_f + room
     span = hi_f - lo_f
-    scale = np.where(span > 0, span / qmax, 1.0)
+    # A constant feature (digits' always-blank pixels) has no range of its own: give
+    # it its neighbours' step, so its weight does not set the row's weight grid.
+    typical = float(np.median(span[span > 0])) if np.any(span > 0) else max(
+        1.0, float(np.abs(lo_f).max()))
+    scale = np.where(span > 0, span, typical) / qmax
     scale = scale.astype(np.float32).astype(np.float64)  # the file stores float32
     zero = (-_round(lo_f / scale)).astype(np.int64)
     return scale, zero, 0, qmax, np.full(n_in, 0.5)
@@ -90,6 +104,33 @@ def _spread(w: np.ndarray) -> float:
 def _grid_cap(spread: float) -> int:
     """Largest input grid that leaves the weights as many levels (balanced split)."""
     return max(1, int(np.sqrt(_PRODUCT_BUDGET / spread)))
+
+
+# Fractions of a row's largest |weight| tried as the grid's edge (weights past it clip).
+_CLIP_FRACTIONS = (1.0, 0.8, 0.64, 0.5, 0.4, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.025)
+
+
+def _fit_weight_scales(w: np.ndarray, x: np.ndarray, row_max: np.ndarray, wmax: int,
+                       per_channel: bool) -> np.ndarray:
+    """Weight scales that minimize the output's squared error on calibration inputs x.
+
+    The grid's edge is the row's largest weight, or less when that weight belongs to a
+    rarely active input (a nearly constant feature, scaled up by its tiny std): clipping
+    it costs little on real data, while the other weights gain levels. Clipping keeps
+    every weight within wmax, so the 2**30 proof is unaffected.
+    """
+    safe = np.where(row_max > 0, row_max, 1.0)
+    best_s = best_e = None
+    for f in _CLIP_FRACTIONS:
+        s = (safe * f / wmax).astype(np.float32).astype(np.float64)
+        err = x @ (np.clip(_round(w / s[:, None]), -wmax, wmax) * s[:, None] - w).T
+        e = (err**2).sum(axis=0) if per_channel else np.full(len(s), (err**2).sum())
+        if best_s is None:
+            best_s, best_e = s, e
+        else:
+            better = e < best_e * (1 - 1e-9)
+            best_s, best_e = np.where(better, s, best_s), np.where(better, e, best_e)
+    return np.where(row_max > 0, best_s, 1.0)
 
 
 def _act_range(relu: bool, bits: int) -> tuple[int, int]:
@@ -141,24 +182,46 @@ def quantize(
         )
 
     spreads = [_spread(layer.weight) for layer in layers]
+    notes: list[str] = []
     if opts.input_range is not None:
         in_lo, in_hi = (int(v) for v in opts.input_range)
         if in_lo > in_hi or max(abs(in_lo), abs(in_hi)) >= SMALL_INT:
             raise ExportError(f"input range [{in_lo}, {in_hi}] is empty or past 2**30")
         n_in = layers[0].n_in
         in_scale, in_zero, e_in = np.ones(n_in), np.zeros(n_in, np.int64), np.zeros(n_in)
+        notes += _range_warnings(calib, in_lo, in_hi)
     else:
         in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(
-            calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(spreads[0]))
-        )
+            calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(spreads[0])),
+            opts.headroom)
+    first = layers[0]
+    const = np.flatnonzero(calib.min(axis=0) == calib.max(axis=0))
+    if len(const) and opts.input_range is None:
+        # A constant feature's contribution is a constant: it goes into the bias, so its
+        # weight cannot set the row's weight grid (and squash the real weights).
+        w = first.weight.copy()
+        shift = w[:, const] @ calib[0, const]
+        w[:, const] = 0.0
+        bias, note = first.bias, first.bias_note
+        if bias is not None:
+            bias = bias + shift
+        elif np.any(shift != 0):
+            bias, note = shift, "folded constant inputs"
+        first = FloatLayer(w, bias, first.act, first.name, note, first.clamp_lo,
+                           first.clamp_hi, first.slope)
+        notes.append(f"input features {_list(const)} are constant in the calibration data: "
+                     f"their contribution is folded into the bias (the board ignores them)")
     # The first layer takes the input integers q: x = in_scale * (q - in_zero).
-    first = fold_input_affine(layers[0], in_scale, -in_scale * in_zero, "folded input zero point")
+    first = fold_input_affine(first, in_scale, -in_scale * in_zero, "folded input zero point")
     flayers = [first] + layers[1:]
 
     # Activation ranges from the float model on the calibration data.
     q_calib = calib / in_scale + in_zero
     acts, h = [], q_calib
+    sample = np.random.default_rng(0).permutation(len(q_calib))[:512]
+    inputs = []  # each layer's calibration inputs (a sample), to fit its weight grid
     for layer in flayers:
+        inputs.append(h[sample])
         h = layer.forward(h)
         acts.append(np.abs(h).max(axis=0) if len(h) else np.zeros(layer.n_out))
 
@@ -171,10 +234,12 @@ def quantize(
         relu = layer.act == "relu"
         bits = opts.out_bits if last else opts.act_bits
         if layer.act == "clamp":
-            # the scale puts the clamp's bounds on the integer grid's edge
+            # the scale puts the clamp's bounds on the integer grid's edge; an open side
+            # (Clip with only max) takes the calibrated range
             a, b = layer.clamp_lo, layer.clamp_hi
-            if not (np.isfinite(a) and np.isfinite(b)):
-                raise ExportError(f"layer {i}: a clamp needs finite bounds, got [{a}, {b}]")
+            y_cal = max(float(acts[i].max()), 1e-12)
+            a = a if np.isfinite(a) else -y_cal
+            b = b if np.isfinite(b) else max(y_cal, a)
             lo, hi = _act_range(a >= 0, bits)
             s_y = float(np.float32(max(abs(a), abs(b)) / hi)) if max(abs(a), abs(b)) else 1.0
             lo, hi = max(lo, int(_round(a / s_y))), min(hi, int(_round(b / s_y)))
@@ -183,7 +248,7 @@ def quantize(
             if not last:  # this grid is the next layer's input grid: fit it
                 cap = _grid_cap(spreads[i + 1])
                 lo, hi = max(lo, -cap), min(hi, cap)
-            y_max = float(acts[i].max())
+            y_max = float(acts[i].max()) * (1 + opts.headroom)
             s_y = (y_max / hi) if y_max > 0 else 1.0
             s_y = float(np.float32(s_y))
         slope_mult = slope_shift = 0
@@ -205,8 +270,15 @@ def quantize(
         wmax = max(1, min(wmax, int(0.9 * SMALL_INT / max(1.0, float(cost.max())))))
         if not opts.per_channel:  # one scale for the whole layer
             row_max = np.full_like(row_max, row_max.max())
-        s_w = np.where(row_max > 0, row_max / wmax, 1.0).astype(np.float32).astype(np.float64)
+        s_w = _fit_weight_scales(layer.weight, inputs[i], row_max, wmax, opts.per_channel)
         w_q = np.clip(_round(layer.weight / s_w[:, None]), -wmax, wmax).astype(np.int64)
+        float_bias = layer.bias
+        if layer.bias is not None and opts.bias_correction:
+            # Bias correction: the weights' rounding shifts each output by a mean amount
+            # on real inputs (they are not centred); the bias takes it back.
+            shift = (inputs[i] @ (layer.weight - w_q * s_w[:, None]).T).mean(axis=0)
+            layer = FloatLayer(layer.weight, layer.bias + shift, layer.act, layer.name,
+                               layer.bias_note, layer.clamp_lo, layer.clamp_hi, layer.slope)
         b_q = None
         if layer.bias is not None:
             b_real = _round(layer.bias / (s_x * s_w))
@@ -251,7 +323,7 @@ def quantize(
         e = np.abs(w_hat - layer.weight).sum(axis=1) * x_abs
         e += np.abs(layer.weight) @ err_in
         if layer.bias is not None:
-            e += np.abs(b_q * s_x * s_w - layer.bias)
+            e += np.abs(b_q * s_x * s_w - float_bias)
         acc_max = np.abs(w_q).sum(axis=1) * x_max + (np.abs(b_q) if b_q is not None else 0)
         e += acc_max * np.abs(mult / np.exp2(shift) - m_real) * s_y
         e += 0.5 * s_y
@@ -295,6 +367,7 @@ def quantize(
         s_x, x_max, err_in = s_y, max(abs(lo), abs(hi)), e
 
     return QuantModel(
+        meta={"notes": notes},
         layers=qlayers,
         in_scale=in_scale.astype(np.float32),
         in_zero=in_zero.astype(np.int32),
@@ -302,6 +375,32 @@ def quantize(
         in_hi=in_hi,
         error_bound=errors[-1],
     )
+
+
+def _list(idx) -> str:
+    idx = [int(i) for i in idx]
+    return ", ".join(map(str, idx[:10])) + (f" and {len(idx) - 10} more" if len(idx) > 10 else "")
+
+
+def _range_warnings(calib: np.ndarray, lo: int, hi: int) -> list[str]:
+    """What the calibration data says against a declared raw-integer input range."""
+    out = []
+    frac = np.flatnonzero(np.any(calib != np.round(calib), axis=0))
+    if len(frac):
+        out.append(f"warning: --input-range/--input-bits declares raw integers, but input "
+                   f"features {_list(frac)} have fractional values in the calibration data; "
+                   f"the board rounds them (drop the option to calibrate float inputs)")
+    below = np.flatnonzero(calib.min(axis=0) < lo)
+    above = np.flatnonzero(calib.max(axis=0) > hi)
+    if len(below) or len(above):
+        out.append(f"warning: calibration data lies outside the declared input range "
+                   f"[{lo}, {hi}] in features {_list(sorted(set(below) | set(above)))}: "
+                   f"the board clamps those values")
+    span = calib.max(axis=0) - calib.min(axis=0)
+    if len(calib) > 1 and span.max() < (hi - lo) / 1000:
+        out.append(f"warning: the calibration data spans at most {span.max():.3g} of the "
+                   f"declared input range [{lo}, {hi}]: the inputs use few of its steps")
+    return out
 
 
 __all__ = ["QuantOptions", "quantize", "quantize_inputs", "choose_multiplier", "forward"]

@@ -112,15 +112,17 @@ def _torch_source(mod, name: str, kind: str, mean=None, std=None, info=None) -> 
     mod = mod.eval()
     layers, notes = layers_and_notes(mod)
 
+    comparable = not any(n.startswith("dropped") for n in notes)
+    src = Source(layers, notes, kind, name, mean, std, info or {}, None, "PyTorch", comparable)
+
     def runtime(x: np.ndarray) -> np.ndarray:
-        if mean is not None and std is not None:
-            x = (x - mean) / std
+        if src.mean is not None and src.std is not None:  # normalization outside the model
+            x = (x - src.mean) / src.std
         with torch.no_grad():
             return mod(torch.tensor(x, dtype=torch.float32)).double().numpy()
 
-    comparable = not any(n.startswith("dropped") for n in notes)
-    return Source(layers, notes, kind, name, mean, std, info or {}, runtime,
-                  "PyTorch", comparable)
+    src.runtime = runtime
+    return src
 
 
 def _exported_source(ep, name: str) -> Source:
@@ -132,8 +134,12 @@ def _exported_source(ep, name: str) -> Source:
     fn = ep.module()
 
     def runtime(x: np.ndarray) -> np.ndarray:
+        t = torch.tensor(x, dtype=torch.float32)
         with torch.no_grad():
-            return fn(torch.tensor(x, dtype=torch.float32)).double().numpy()
+            try:
+                return fn(t).double().numpy()
+            except Exception:  # a program exported with a fixed batch of 1: row by row
+                return torch.cat([fn(t[i:i + 1]) for i in range(len(t))]).double().numpy()
 
     comparable = not any(n.startswith("dropped") for n in notes)
     return Source(layers, notes, "torch.export", name, runtime=runtime,
@@ -159,7 +165,8 @@ def onnx_outputs(model, tensor: str, x: np.ndarray) -> np.ndarray:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     if tensor not in [o.name for o in m.graph.output]:
-        m.graph.output.append(onnx.helper.make_tensor_value_info(tensor, 0, None))
+        m.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT,
+                                                                 None))
     consts = {t.name for t in m.graph.initializer}
     inp = next(i for i in m.graph.input if i.name not in consts)
     elem = inp.type.tensor_type.elem_type
@@ -171,7 +178,10 @@ def onnx_outputs(model, tensor: str, x: np.ndarray) -> np.ndarray:
     xx = np.asarray(x, dtype=dtype)
     if len(dims) == 2 and dims[0].dim_value and dims[0].dim_value != len(xx) and (
             dims[1].dim_value in (0, len(xx))):  # transA graphs take [features, batch]
-        xx = xx.T
+        return sess.run([tensor], {inp.name: xx.T})[0]
+    if len(dims) == 2 and dims[0].dim_value == 1 and len(xx) != 1:  # exported for batch 1
+        return np.concatenate([sess.run([tensor], {inp.name: xx[i:i + 1]})[0]
+                               for i in range(len(xx))])
     return sess.run([tensor], {inp.name: xx})[0]
 
 

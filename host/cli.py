@@ -69,55 +69,57 @@ def do_train(args: argparse.Namespace) -> int:
 
 
 def _quant_options(args: argparse.Namespace):
-    from ..export.quantize import QuantOptions
+    from .api import quant_options
 
     input_range = None
-    if getattr(args, "input_bits", None) is not None:
-        input_range = (0, (1 << args.input_bits) - 1)
     if getattr(args, "input_range", None):
         try:
-            lo, hi = (int(v) for v in args.input_range.split(","))
+            input_range = tuple(int(v) for v in args.input_range.split(","))
+            if len(input_range) != 2:
+                raise ValueError
         except ValueError:
             raise CLIError(
                 f"--input-range takes LO,HI integers, got {args.input_range!r}"
             ) from None
-        input_range = (lo, hi)
-    return QuantOptions(
-        weight_bits=args.weight_bits, act_bits=args.act_bits, out_bits=args.out_bits,
-        per_channel=not args.per_tensor, input_range=input_range,
-    )
+    return quant_options(args.weight_bits, args.act_bits, args.out_bits, args.per_tensor,
+                         input_range, getattr(args, "input_bits", None))
 
 
 def _floats(text: str | None) -> np.ndarray | None:
     if text is None:
         return None
     try:
-        return np.array([float(v) for v in text.split(",")])
+        v = np.array([float(t) for t in text.split(",")])
     except ValueError:
         raise CLIError(f"expected comma-separated numbers, got {text!r}") from None
+    if not np.all(np.isfinite(v)):
+        raise CLIError(f"expected finite numbers, got {text!r}")
+    return v
 
 
 def do_export(args: argparse.Namespace) -> int:
-    from ..export.exporter import export_checkpoint, export_onnx
-    from ..export.report import layer_table
+    from ..export.exporter import export_model
+    from .api import Exported
 
     mean, std = _floats(args.input_mean), _floats(args.input_std)
     if (mean is None) != (std is None):
         raise CLIError("--input-mean and --input-std go together")
-    if str(args.model).endswith(".onnx"):
-        res = export_onnx(args.model, args.output, args.calib, _quant_options(args), mean, std)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{out}: exists and is not a folder (-o names the output folder)")
+    res = export_model(args.model, out, args.calib, _quant_options(args), mean, std,
+                       module=args.module, module_args=args.module_args, arch=args.arch,
+                       trust_pickle=args.trust_pickle)
+    exp = Exported(res.model, res.paths, res.source)
+    if args.json:
+        from ..export.report import layer_rows
+
+        print(json.dumps({"notes": exp.notes, "layers": layer_rows(res.model),
+                          "error_bound": exp.error_bound, "n_inputs": res.model.n_inputs,
+                          "n_outputs": res.model.n_outputs,
+                          "files": {k: str(p) for k, p in res.paths.items()}}, indent=2))
     else:
-        res = export_checkpoint(args.model, args.output, args.calib, _quant_options(args),
-                                mean, std, trust_pickle=args.trust_pickle)
-    for note in res.model.meta.get("notes", []):
-        print(f"note: {note}")
-    print(layer_table(res.model))
-    print(
-        f"PyTorch agreement bound: |fixed - float| <= {res.error_bound:.4g} per output, "
-        f"for inputs that saturate no clamp"
-    )
-    for path in res.paths.values():
-        print(f"wrote {path} ({path.stat().st_size} bytes)")
+        print(exp)
     return 0
 
 
@@ -152,23 +154,9 @@ def do_inspect(args: argparse.Namespace) -> int:
 
 
 def _read_inputs(path: str) -> np.ndarray:
-    p = Path(path)
-    if not p.exists():
-        raise CLIError(f"{p}: input file not found")
-    if p.suffix == ".npy":
-        x = np.load(p)
-    elif p.suffix == ".npz":
-        from .verify import load_data
+    from .verify import load_data
 
-        x = load_data(p)[0]
-    elif p.suffix == ".csv":
-        try:
-            x = np.loadtxt(p, delimiter=",", ndmin=2)
-        except ValueError as e:
-            raise CLIError(f"{p}: not a CSV of numbers: {e}") from None
-    else:
-        raise CLIError(f"{p}: expected a .npy, .npz or .csv file")
-    return np.atleast_2d(x)
+    return load_data(path)[0]
 
 
 def do_run(args: argparse.Namespace) -> int:
@@ -181,7 +169,14 @@ def do_run(args: argparse.Namespace) -> int:
         raise CLIError(
             f"{args.input}: rows have {x.shape[1]} values, the model takes {model.n_inputs}"
         )
-    xq = x.astype(np.int64) if args.int else model.quantize_input(x)
+    if args.int:
+        if np.any(x != np.round(x)) or np.any(np.abs(x) >= 2**30):
+            r, c = np.argwhere((x != np.round(x)) | (np.abs(x) >= 2**30))[0]
+            raise CLIError(f"{args.input}: row {r}, column {c} is {x[r, c]:g}: --int takes "
+                           f"whole numbers below 2**30")
+        xq = np.clip(x, model.in_lo, model.in_hi).astype(np.int64)
+    else:
+        xq = model.quantize_input(x)
     if args.vm == "reference":
         out = reference.run(model, xq).out
     else:
@@ -210,7 +205,8 @@ def do_run(args: argparse.Namespace) -> int:
 def do_verify(args: argparse.Namespace) -> int:
     from .verify import format_report, verify
 
-    rep = verify(args.model, args.data, args.torch, args.vm, args.split)
+    rep = verify(args.model, args.data, args.float_model, args.vm, args.split,
+                 args.max_drop / 100, args.min_agreement / 100, args.label_column)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else format_report(rep))
     return 0 if rep.ok else 1
 
@@ -341,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train an MLP on a bundled dataset")
@@ -352,10 +349,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="model.pt")
     p.set_defaults(func=do_train)
 
-    p = sub.add_parser("export", help="export a checkpoint to fixed point")
-    p.add_argument("model", help="checkpoint written by 'micromlp train', or an .onnx file")
+    p = sub.add_parser("export", help="export a model to fixed point", description=EXPORT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model file: .pt/.pth (checkpoint, state dict, TorchScript, "
+                   "pickle), .pt2 (torch.export) or .onnx")
     p.add_argument("-o", "--output", default="out", help="output folder")
-    p.add_argument("--calib", help="calibration data .npz (default: the split next to MODEL)")
+    p.add_argument("--calib", help="calibration inputs, raw as the board sees them: "
+                   ".npz (X_train/x_train/X/x), .npy or .csv (default: the .npz next to MODEL)")
+    p.add_argument("--module", metavar="FILE.py[:CLASS]",
+                   help="the class of a state dict (FILE.py:Class), or the file that defines a "
+                   "pickled module's class (with --trust-pickle)")
+    p.add_argument("--module-args", metavar="JSON",
+                   help="constructor arguments for --module: a JSON object or list")
+    p.add_argument("--arch", metavar="SIZES",
+                   help="a state dict of a Linear+ReLU stack with these sizes, e.g. 64,32,10")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--input-mean", help="per-input means (comma-separated, or one for all) "
                    "to fold into the first layer, with --input-std")
     p.add_argument("--input-std", help="per-input standard deviations (see --input-mean)")
@@ -375,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a .mlp on inputs")
     p.add_argument("model")
-    p.add_argument("--input", required=True, help=".npy, .npz or .csv of float inputs")
+    p.add_argument("--input", required=True, help="float inputs: .npy, .npz (X_test/x/...) "
+                   "or .csv (header optional)")
     p.add_argument("--vm", choices=VM_NAMES, default="reference")
     p.add_argument("--int", action="store_true", help="inputs are already quantized integers")
     p.add_argument("--json", action="store_true")
@@ -383,8 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="check the VMs against the reference and PyTorch")
     p.add_argument("model")
-    p.add_argument("--torch", help="the checkpoint the model was exported from")
-    p.add_argument("--data", required=True, help=".npz from train (uses x_test, y_test)")
+    p.add_argument("--float", "--torch", dest="float_model", metavar="MODEL",
+                   help="the float model it was exported from, any form export takes (ONNX "
+                   "runs in onnxruntime)")
+    p.add_argument("--data", required=True, help="test data: .npz (X_test/x_test/X/x with "
+                   "y_test/y, any case), .npy, or .csv (see --label-column)")
+    p.add_argument("--label-column", help="the label column of a .csv (a header name or an "
+                   "index; -1 for the last)")
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="fail when fixed-point accuracy is more than this below float (1)")
+    p.add_argument("--min-agreement", type=float, default=99.0, metavar="PERCENT",
+                   help="fail when top-1 agreement with the float model is below this (99)")
     p.add_argument("--split", default="test", help="which split of the .npz (test)")
     p.add_argument(
         "--vm",
@@ -435,22 +453,62 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# Options whose values may start with '-' (negative numbers): argparse would take
+# "--input-mean -0.3,0.1" for two options, so the value is joined with '='.
+_VALUE_OPTIONS = ("--input-mean", "--input-std", "--input-range", "--label-column")
+
+
+def _join_values(argv: list[str]) -> list[str]:
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in _VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("micromlp")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+EXPORT_HELP = """Export a model to fixed point: model.mlp, model_mlp.py, model_mlp.mpy.
+
+Model forms: a 'micromlp train' checkpoint; a state dict (torch.save(model.state_dict()))
+with --module FILE.py:Class [--module-args JSON] or --arch SIZES; a pickled module
+(torch.save(model)) with --trust-pickle [--module FILE.py]; TorchScript; torch.export
+(.pt2); ONNX from PyTorch (either exporter), skl2onnx or any producer.
+Calibration and data files: .npz (keys X_train, x_train, X, x in any case), .npy, .csv
+(header optional). Negative option values work: --input-mean -0.5,1.2
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..export.layers import ExportError
     from ..export.modelfile import ModelFileError
     from .deploy import DeployError
     from .vms import VMError
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_values(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
+    except BrokenPipeError:  # `micromlp run --json | head`
+        sys.stderr.close()
+        return 0
     except (
         CLIError,
         ExportError,
         ModelFileError,
         VMError,
         DeployError,
-        FileNotFoundError,
+        OSError,
         ValueError,
     ) as e:
         print(f"{PROG}: {e}", file=sys.stderr)

@@ -23,11 +23,13 @@ class VMResult:
 
 @dataclass
 class VerifyReport:
-    """Everything verify measured; ok is False on any mismatch or broken bound."""
+    """Everything verify measured; ok is False on any mismatch, broken bound, or a
+    fixed-point model that lost accuracy against its float model."""
 
     model: str
     samples: int
     vms: list[VMResult] = field(default_factory=list)
+    float_model: str = ""  # what the float outputs come from (PyTorch, onnxruntime, ...)
     float_accuracy: float | None = None
     fixed_accuracy: float | None = None
     top1_agreement: float | None = None
@@ -36,6 +38,11 @@ class VerifyReport:
     error_bound: float = 0.0
     saturated_samples: int = 0
     output_range: float | None = None
+    max_accuracy_drop: float = 0.01  # fail when fixed accuracy < float - this
+    min_agreement: float = 0.99  # fail when top-1 agreement with float is below this
+    per_class: dict = field(default_factory=dict)  # class -> {float, fixed, samples}
+    confusion: list = field(default_factory=list)  # [true][predicted] of the fixed point
+    notes: list[str] = field(default_factory=list)
 
     @property
     def bit_exact(self) -> bool:
@@ -49,55 +56,83 @@ class VerifyReport:
         )
 
     @property
+    def failures(self) -> list[str]:
+        """Why the result is FAILED (empty when OK)."""
+        why = []
+        if not self.bit_exact:
+            why.append("a VM computed other integers than the host reference")
+        if not self.bounded:
+            why.append("the error exceeds the exporter's proven bound")
+        if self.float_accuracy is not None and self.fixed_accuracy is not None and (
+                self.fixed_accuracy < self.float_accuracy - self.max_accuracy_drop - 1e-12):
+            why.append(f"fixed-point accuracy {100 * self.fixed_accuracy:.2f} % is more than "
+                       f"{100 * self.max_accuracy_drop:.2g} points below float "
+                       f"{100 * self.float_accuracy:.2f} %")
+        if self.top1_agreement is not None and self.top1_agreement < self.min_agreement:
+            why.append(f"top-1 agreement with the float model {100 * self.top1_agreement:.2f} % "
+                       f"is below {100 * self.min_agreement:.3g} %")
+        return why
+
+    @property
     def ok(self) -> bool:
-        return self.bit_exact and self.bounded
+        return not self.failures
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(ok=self.ok, bit_exact_all=self.bit_exact, within_bound=self.bounded)
+        d.update(ok=self.ok, bit_exact_all=self.bit_exact, within_bound=self.bounded,
+                 failures=self.failures)
         return d
 
 
-def load_data(path: str | Path, split: str = "test") -> tuple[np.ndarray, np.ndarray | None]:
-    """(x, y) from an .npz written by train (x_<split>, y_<split>; or x, y) or an .npy."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: data file not found")
-    if path.suffix == ".npy":
-        return np.load(path), None
-    with np.load(path) as d:
-        for xk, yk in ((f"x_{split}", f"y_{split}"), ("x", "y")):
-            if xk in d:
-                return d[xk], (d[yk] if yk in d else None)
-    raise ValueError(f"{path}: no 'x_{split}' or 'x' array (has: {', '.join(d.files)})")
+def load_data(path: str | Path, split: str = "test", label_column=None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x, y) from a data file (see micromlp.export.data.load_xy)."""
+    from ..export.data import load_xy
 
-
-def torch_outputs(torch_path: str | Path, x: np.ndarray) -> np.ndarray:
-    """Float outputs of the checkpoint on raw inputs x (its normalization applied)."""
-    import torch
-
-    from ..export.torch_import import load_checkpoint
-
-    module, mean, std, _ = load_checkpoint(torch_path)
-    xn = x if mean is None else (x - mean) / std
-    with torch.no_grad():
-        return module(torch.tensor(xn, dtype=torch.float32)).double().numpy()
+    return load_xy(path, split, label_column)
 
 
 def verify(
     mlp_path: str | Path,
     data_path: str | Path,
-    torch_path: str | Path | None = None,
+    float_model=None,
     vm_names: tuple[str, ...] = vms.FIRMWARE_VMS,
     split: str = "test",
+    max_accuracy_drop: float = 0.01,
+    min_agreement: float = 0.99,
+    label_column=None,
 ) -> VerifyReport:
-    """Compare every VM with the reference bit for bit, and the reference with PyTorch."""
+    """verify_arrays on a data file; float_model is any form micromlp exports (a path
+    or an object) or a Source."""
+    x, y = load_data(data_path, split, label_column)
+    source = None
+    if float_model is not None:
+        from ..export.sources import Source, load_source
+
+        source = float_model if isinstance(float_model, Source) else load_source(float_model)
+    return verify_arrays(mlp_path, x, y, source, vm_names, max_accuracy_drop, min_agreement)
+
+
+def verify_arrays(
+    mlp_path: str | Path,
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    source=None,
+    vm_names: tuple[str, ...] = vms.FIRMWARE_VMS,
+    max_accuracy_drop: float = 0.01,
+    min_agreement: float = 0.99,
+) -> VerifyReport:
+    """Compare every VM with the reference bit for bit, and the reference with the float
+    model (a Source) when one is given."""
+    from ..export.data import check_inputs
+    from ..export.layers import ExportError
+
     model = modelfile.load(mlp_path)
-    x, y = load_data(data_path, split)
-    if x.ndim != 2 or x.shape[1] != model.n_inputs:
-        raise ValueError(
-            f"{data_path}: inputs have shape {x.shape}, the model takes {model.n_inputs} features"
-        )
+    x = check_inputs(x, str(mlp_path) + " data", model.n_inputs)
+    if len(x) == 0:
+        raise ExportError(f"{mlp_path}: no samples to verify on (0 rows)")
+    if y is not None and len(y) != len(x):
+        raise ExportError(f"{len(y)} labels for {len(x)} samples")
     xq = model.quantize_input(x)
     raw_q = np.floor(x / model.in_scale + 0.5) + model.in_zero
     ref = reference.run(model, xq)
@@ -107,6 +142,8 @@ def verify(
         samples=len(x),
         error_bound=model.error_bound,
         saturated_samples=int(saturated.sum()),
+        max_accuracy_drop=max_accuracy_drop,
+        min_agreement=min_agreement,
     )
     for vm in vm_names:
         try:
@@ -117,18 +154,51 @@ def verify(
         same = np.all(out == ref.out, axis=1)
         rep.vms.append(VMResult(vm, float(same.mean()), int((~same).sum())))
     pred = np.argmax(ref.out, axis=1)
+    labels = None
     if y is not None:
-        rep.fixed_accuracy = float((pred == y).mean())
-    if torch_path is not None:
-        yf = torch_outputs(torch_path, x)
+        labels = _class_indices(y, model.n_outputs)
+        if labels is not None:
+            rep.fixed_accuracy = float((pred == labels).mean())
+    if source is not None:
+        rep.float_model = source.runtime_name or source.kind
+        yf = source.float_outputs(x)
+        cls = source.float_classes(x)
         err = np.abs(model.dequantize_output(ref.out) - yf).max(axis=1)
         rep.max_abs_error = float(err.max())
         rep.max_abs_error_unsaturated = float(err[~saturated].max()) if (~saturated).any() else None
-        rep.top1_agreement = float((np.argmax(yf, axis=1) == pred).mean())
         rep.output_range = float(np.abs(yf).max())
-        if y is not None:
-            rep.float_accuracy = float((np.argmax(yf, axis=1) == y).mean())
+        if model.n_outputs > 1:
+            rep.top1_agreement = float((cls == pred).mean())
+            if labels is not None:
+                rep.float_accuracy = float((cls == labels).mean())
+        if not source.comparable:
+            rep.notes.append(f"errors are against the float layer list (the {rep.float_model} "
+                             f"model's answer is probabilities); classes against "
+                             f"{rep.float_model}")
+    if labels is not None and model.n_outputs > 1:
+        n = model.n_outputs
+        conf = np.zeros((n, n), dtype=int)
+        np.add.at(conf, (labels, pred), 1)
+        rep.confusion = conf.tolist()
+        fcls = source.float_classes(x) if source is not None else None
+        for c in range(n):
+            m = labels == c
+            if m.any():
+                rep.per_class[str(c)] = {
+                    "samples": int(m.sum()), "fixed": float((pred[m] == c).mean()),
+                    "float": None if fcls is None else float((fcls[m] == c).mean())}
     return rep
+
+
+def _class_indices(y: np.ndarray, n_outputs: int) -> np.ndarray | None:
+    """Labels as class indices 0..n-1 (None for regression targets)."""
+    y = np.asarray(y)
+    if n_outputs < 2 or y.dtype.kind == "f" and np.any(y != np.round(y)):
+        return None
+    yi = y.astype(np.int64)
+    if yi.min() < 0 or yi.max() >= n_outputs:
+        return None
+    return yi
 
 
 def format_report(rep: VerifyReport) -> str:
@@ -144,14 +214,15 @@ def format_report(rep: VerifyReport) -> str:
         lines.append(f"  {r.vm:<9} vs reference: {pct(r.bit_exact)} identical  ({status})")
     if rep.float_accuracy is not None:
         lines.append(
-            f"  accuracy: float {pct(rep.float_accuracy)}, fixed-point "
+            f"  accuracy: float ({rep.float_model}) {pct(rep.float_accuracy)}, fixed-point "
             f"{pct(rep.fixed_accuracy)} "
             f"({100 * (rep.fixed_accuracy - rep.float_accuracy):+.2f} points)"
         )
     elif rep.fixed_accuracy is not None:
         lines.append(f"  accuracy: fixed-point {pct(rep.fixed_accuracy)}")
     if rep.top1_agreement is not None:
-        lines.append(f"  top-1 agreement with PyTorch: {pct(rep.top1_agreement)}")
+        lines.append(f"  top-1 agreement with {rep.float_model}: {pct(rep.top1_agreement)}")
+    if rep.max_abs_error is not None:
         lines.append(
             f"  max |fixed - float| output: {rep.max_abs_error:.4g} "
             f"(outputs span +-{rep.output_range:.4g})"
@@ -163,5 +234,6 @@ def format_report(rep: VerifyReport) -> str:
             f"{'n/a' if unsat is None else f'{unsat:.4g}'}, {within} the exporter's "
             f"proven bound {rep.error_bound:.4g}"
         )
-    lines.append("  result: " + ("OK" if rep.ok else "FAILED"))
+    lines += [f"  note: {n}" for n in rep.notes]
+    lines.append("  result: " + ("OK" if rep.ok else "FAILED: " + "; ".join(rep.failures)))
     return "\n".join(lines)

@@ -130,7 +130,7 @@ def test_errors_are_one_line_with_the_file_and_problem(iris, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == f"micromlp: {bad}: offset 0: bad magic b'MMLQ', expected b'MMLP'"
     r = cli("run", str(iris / "out" / "model.mlp"), "--input", str(tmp_path / "none.csv"))
-    assert r.returncode == 2 and "none.csv: input file not found" in r.stderr
+    assert r.returncode == 2 and "none.csv: data file not found" in r.stderr
     (tmp_path / "wide.csv").write_text("1,2,3\n")
     r = cli("run", str(iris / "out" / "model.mlp"), "--input", str(tmp_path / "wide.csv"))
     assert r.returncode == 2 and "rows have 3 values, the model takes 4" in r.stderr

@@ -1,0 +1,165 @@
+"""The Python API: what `import micromlp` offers a notebook, and what the CLI calls.
+
+    import micromlp
+    q = micromlp.export(model, calib=X_train, out="out")   # any accepted model form
+    print(q)                                               # notes and the layer table
+    r = q.verify(X_test, y_test)                           # float vs reference vs VMs
+    q.run(X, vm="unix").predicted                          # on a real MicroPython VM
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..export import modelfile
+from ..export.exporter import ExportResult, export_model
+from ..export.layers import ExportError
+from ..export.qmodel import QuantModel
+from ..export.quantize import QuantOptions
+from ..export.report import layer_table
+from ..export.sources import Source, load_source
+from . import vms
+from .verify import VerifyReport, format_report, verify_arrays
+
+
+@dataclass
+class RunResult:
+    """Outputs of a model on some inputs: the integers, as floats, and the classes."""
+
+    ints: np.ndarray  # [n, n_outputs] integers the board computes
+    floats: np.ndarray  # the same, dequantized
+    predicted: np.ndarray  # argmax per row
+    vm: str = "reference"
+
+
+class Exported:
+    """A fixed-point model (with its files, and the float model it came from if known)."""
+
+    def __init__(self, model: QuantModel, paths: dict[str, Path] | None = None,
+                 source: Source | None = None) -> None:
+        self.model = model
+        self.paths = dict(paths or {})
+        self.source = source
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        """What the exporter folded, dropped or warns about."""
+        return list(self.model.meta.get("notes", []))
+
+    @property
+    def error_bound(self) -> float:
+        return float(self.model.error_bound)
+
+    def __str__(self) -> str:
+        lines = [f"note: {n}" for n in self.notes]
+        lines.append(layer_table(self.model))
+        lines.append(f"PyTorch agreement bound: |fixed - float| <= {self.error_bound:.4g} per "
+                     f"output, for inputs that saturate no clamp")
+        lines += [f"wrote {p} ({p.stat().st_size} bytes)" for p in self.paths.values()
+                  if p.exists()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        shape = "-".join([str(self.model.n_inputs)] + [str(ly.n_out) for ly in
+                                                       self.model.layers])
+        return f"<micromlp.Exported {shape} {self.model.layers[0].w_bits}-bit>"
+
+    def mlp_path(self) -> Path:
+        """The .mlp file (written to a temporary folder if the export wrote none)."""
+        if "mlp" not in self.paths:
+            self._tmp = tempfile.TemporaryDirectory(prefix="micromlp-")
+            self.paths["mlp"] = Path(self._tmp.name) / "model.mlp"
+            modelfile.save(self.model, self.paths["mlp"])
+        return self.paths["mlp"]
+
+    def verify(self, x, y=None, vms: tuple[str, ...] | str = vms.FIRMWARE_VMS,
+               float_model=None, max_accuracy_drop: float = 0.01,
+               min_agreement: float = 0.99) -> VerifyReport:
+        """Float model vs host reference vs the engine on each MicroPython VM.
+
+        float_model defaults to the model this was exported from. The report's .ok is
+        False on any VM mismatch, a broken bound, an accuracy drop of more than
+        max_accuracy_drop (a fraction) or top-1 agreement below min_agreement.
+        """
+        source = self.source if float_model is None else (
+            float_model if isinstance(float_model, Source) else load_source(float_model))
+        names = tuple(v.strip() for v in vms.split(",")) if isinstance(vms, str) else tuple(
+            vms)
+        return verify_arrays(self.mlp_path(), x, y, source, names, max_accuracy_drop,
+                             min_agreement)
+
+    def run(self, x, vm: str = "reference", ints: bool = False) -> RunResult:
+        """Run on float inputs (quantized as the board's would be), or on the input
+        integers with ints=True; vm: reference, cpython, unix or wasm."""
+        from ..export.data import check_inputs
+        from .reference import run as run_reference
+
+        x = check_inputs(x, "inputs", self.model.n_inputs)
+        if ints:
+            if np.any(x != np.round(x)) or np.any(np.abs(x) >= 2**30):
+                raise ExportError("integer inputs must be whole numbers below 2**30")
+            xq = np.clip(x, self.model.in_lo, self.model.in_hi).astype(np.int64)
+        else:
+            xq = self.model.quantize_input(x)
+        if vm == "reference":
+            out = run_reference(self.model, xq).out
+        else:
+            out = vms_run(vm, self.mlp_path(), xq, self.model.n_outputs)
+        return RunResult(out, self.model.dequantize_output(out), np.argmax(out, axis=1), vm)
+
+
+def vms_run(vm: str, path: Path, xq: np.ndarray, n_out: int) -> np.ndarray:
+    if vm not in vms.FIRMWARE_VMS:
+        raise ExportError(f"unknown VM {vm!r}; choose from reference, "
+                          f"{', '.join(vms.FIRMWARE_VMS)}")
+    return vms.run_firmware(vm, path, xq, n_out)
+
+
+def quant_options(weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
+                  per_tensor: bool = False, input_range=None, input_bits: int | None = None
+                  ) -> QuantOptions:
+    """QuantOptions from the CLI's option names, checked."""
+    if input_bits is not None:
+        if not 1 <= int(input_bits) <= 29:
+            raise ExportError(f"input bits must be 1..29, got {input_bits}")
+        input_range = (0, (1 << int(input_bits)) - 1)
+    if input_range is not None:
+        lo, hi = (int(v) for v in input_range)
+        if lo >= hi:
+            raise ExportError(f"input range [{lo}, {hi}]: LO must be below HI")
+        input_range = (lo, hi)
+    return QuantOptions(weight_bits=weight_bits, act_bits=act_bits, out_bits=out_bits,
+                        per_channel=not per_tensor, input_range=input_range)
+
+
+def export(model, calib=None, out: str | Path | None = "out", *, input_mean=None,
+           input_std=None, input_range=None, input_bits: int | None = None,
+           weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
+           per_tensor: bool = False, module: str | None = None, module_args=None,
+           arch=None, trust_pickle: bool = False, name: str = "model",
+           mpy: bool = True) -> Exported:
+    """Export any accepted model form to fixed point; writes out/model.mlp (+ module
+    forms) unless out is None. The keyword options are the CLI's."""
+    mean = None if input_mean is None else np.atleast_1d(np.asarray(input_mean, np.float64))
+    std = None if input_std is None else np.atleast_1d(np.asarray(input_std, np.float64))
+    if (mean is None) != (std is None):
+        raise ExportError("input_mean and input_std go together")
+    opts = quant_options(weight_bits, act_bits, out_bits, per_tensor, input_range, input_bits)
+    res: ExportResult = export_model(model, out, calib, opts, mean, std, module=module,
+                                     module_args=module_args, arch=arch,
+                                     trust_pickle=trust_pickle, name=name, mpy=mpy)
+    return Exported(res.model, res.paths, res.source)
+
+
+def load(path: str | Path, float_model=None) -> Exported:
+    """A .mlp file (checked on load), optionally with the float model it came from."""
+    src = None if float_model is None else load_source(float_model)
+    return Exported(modelfile.load(path), {"mlp": Path(path)}, src)
+
+
+__all__ = ["Exported", "RunResult", "export", "load", "format_report"]
