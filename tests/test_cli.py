@@ -193,3 +193,48 @@ def test_raw_adc_integers_with_input_bits(tmp_path):
     assert np.abs(got - want).max() <= info["error_bound"]
     r = cli("export", str(tmp_path / "adc.pt"), "-o", str(tmp_path / "o2"), "--input-range", "5")
     assert r.returncode == 2 and "--input-range takes LO,HI integers" in r.stderr
+
+
+def test_bad_inputs_are_one_line_errors_never_tracebacks(iris, tmp_path):
+    """NaN/inf by row and column, folders, corrupt files, malformed checkpoints, bad
+    option values: exit status 2 and one line, never a traceback."""
+    import torch
+
+    mlp = str(iris / "out" / "model.mlp")
+    (tmp_path / "nan.csv").write_text("1,2,3,4\n5,nan,7,8\n")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    torch.save({"format": "micromlp-checkpoint-1", "state_dict": {}}, tmp_path / "noarch.pt")
+    torch.save({"format": "micromlp-checkpoint-1",
+                "arch": [{"type": "Linear", "in": 10**6, "out": 10**6, "bias": True}],
+                "state_dict": {}}, tmp_path / "huge.pt")
+    (tmp_path / "file").write_text("x")
+    np.savez(tmp_path / "inf.npz", x_train=np.array([[1.0, np.inf, 0, 0]]))
+    np.savez(tmp_path / "empty.npz", x_test=np.zeros((0, 4)), y_test=np.zeros(0))
+    cases = [
+        (("run", mlp, "--input", str(tmp_path / "nan.csv")), "row 1, column 1 is nan"),
+        (("run", mlp, "--input", str(tmp_path)), "is a folder"),
+        (("run", mlp, "--input", str(tmp_path / "bad.npz")), "cannot be read"),
+        (("verify", mlp, "--data", str(tmp_path / "empty.npz"), "--vm", "cpython"),
+         "no samples to verify on (0 rows)"),
+        (("export", str(tmp_path / "noarch.pt"), "--calib", str(tmp_path / "inf.npz")),
+         "field 'arch' is missing"),
+        (("export", str(tmp_path / "huge.pt"), "--calib", str(tmp_path / "inf.npz")),
+         "Linear(1000000, 1000000) but the state dict has 0.weight None"),
+        (("export", str(iris / "iris.pt"), "--calib", str(tmp_path / "inf.npz")),
+         "row 0, column 1 is inf"),
+        (("export", str(iris / "iris.pt"), "-o", str(tmp_path / "file")), "is not a folder"),
+        (("export", str(iris / "iris.pt"), "--input-bits", "0"), "input bits must be 1..29"),
+        (("export", str(iris / "iris.pt"), "--input-range", "5,-3"), "LO must be below HI"),
+    ]
+    for args, want in cases:
+        r = cli(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert want in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    (tmp_path / "big.csv").write_text("1e20,0,0,0\n")
+    r = cli("run", mlp, "--input", str(tmp_path / "big.csv"), "--int")
+    assert r.returncode == 2 and "whole numbers below 2**30" in r.stderr
+    # a closed pipe ends quietly
+    p = subprocess.run(f"micromlp run {mlp} --input {tmp_path / 'big.csv'} --json | head -c 1",
+                       shell=True, capture_output=True, text=True)
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr

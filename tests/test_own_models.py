@@ -269,7 +269,8 @@ def test_sklearn_regressor(data):
     sc = StandardScaler().fit(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est = MLPRegressor(hidden_layer_sizes=(16,), max_iter=2000, random_state=0).fit(sc.transform(x), target)
+        est = MLPRegressor(hidden_layer_sizes=(16,), max_iter=2000, random_state=0)
+        est.fit(sc.transform(x), target)
     from sklearn.pipeline import Pipeline
 
     pipe = Pipeline([("scale", sc), ("mlp", est)])
