@@ -115,13 +115,15 @@ def _fit_weight_scales(w: np.ndarray, x: np.ndarray, row_max: np.ndarray, wmax: 
     """Weight scales that minimize the output's squared error on calibration inputs x.
 
     The grid's edge is the row's largest weight, or less when that weight belongs to a
-    rarely active input (a nearly constant feature, scaled up by its tiny std): clipping
+    rarely active or constant input (e.g. scaled up by a tiny std): clipping
     it costs little on real data, while the other weights gain levels. Clipping keeps
     every weight within wmax, so the 2**30 proof is unaffected.
     """
     safe = np.where(row_max > 0, row_max, 1.0)
     best_s = best_e = None
-    for f in _CLIP_FRACTIONS:
+    # A 16-bit grid is fine enough as it is; clipping there would only trade away inputs
+    # the calibration data happens not to exercise.
+    for f in _CLIP_FRACTIONS if wmax < 255 else _CLIP_FRACTIONS[:1]:
         s = (safe * f / wmax).astype(np.float32).astype(np.float64)
         err = x @ (np.clip(_round(w / s[:, None]), -wmax, wmax) * s[:, None] - w).T
         e = (err**2).sum(axis=0) if per_channel else np.full(len(s), (err**2).sum())
@@ -197,20 +199,8 @@ def quantize(
     first = layers[0]
     const = np.flatnonzero(calib.min(axis=0) == calib.max(axis=0))
     if len(const) and opts.input_range is None:
-        # A constant feature's contribution is a constant: it goes into the bias, so its
-        # weight cannot set the row's weight grid (and squash the real weights).
-        w = first.weight.copy()
-        shift = w[:, const] @ calib[0, const]
-        w[:, const] = 0.0
-        bias, note = first.bias, first.bias_note
-        if bias is not None:
-            bias = bias + shift
-        elif np.any(shift != 0):
-            bias, note = shift, "folded constant inputs"
-        first = FloatLayer(w, bias, first.act, first.name, note, first.clamp_lo,
-                           first.clamp_hi, first.slope)
         notes.append(f"input features {_list(const)} are constant in the calibration data: "
-                     f"their contribution is folded into the bias (the board ignores them)")
+                     f"their weights do not set the weight grid (they clip to it)")
     # The first layer takes the input integers q: x = in_scale * (q - in_zero).
     first = fold_input_affine(first, in_scale, -in_scale * in_zero, "folded input zero point")
     flayers = [first] + layers[1:]
