@@ -205,7 +205,13 @@ def do_run(args: argparse.Namespace) -> int:
 def do_verify(args: argparse.Namespace) -> int:
     from .verify import format_report, verify
 
-    rep = verify(args.model, args.data, args.float_model, args.vm, args.split,
+    float_model = args.float_model
+    if float_model is not None:
+        from ..export.sources import load_source
+
+        float_model = load_source(float_model, module=args.module, module_args=args.module_args,
+                                  arch=args.arch, trust_pickle=args.trust_pickle)
+    rep = verify(args.model, args.data, float_model, args.vm, args.split,
                  args.max_drop / 100, args.min_agreement / 100, args.label_column)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else format_report(rep))
     return 0 if rep.ok else 1
@@ -330,6 +336,19 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="one weight scale per layer instead of one per output channel")
 
 
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    """How to read a model file that needs more than itself (export's MODEL, --float)."""
+    p.add_argument("--module", metavar="FILE.py[:CLASS]",
+                   help="the class of a state dict (FILE.py:Class), or the file that defines a "
+                   "pickled module's class (with --trust-pickle)")
+    p.add_argument("--module-args", metavar="JSON",
+                   help="constructor arguments for --module: a JSON object or list")
+    p.add_argument("--arch", metavar="SIZES",
+                   help="a state dict of a Linear+ReLU stack with these sizes, e.g. 64,32,10")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a fully pickled nn.Module (unpickling runs the file's code)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .datasets import NAMES
     from .vms import FIRMWARE_VMS, VM_NAMES
@@ -356,19 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out", help="output folder")
     p.add_argument("--calib", help="calibration inputs, raw as the board sees them: "
                    ".npz (X_train/x_train/X/x), .npy or .csv (default: the .npz next to MODEL)")
-    p.add_argument("--module", metavar="FILE.py[:CLASS]",
-                   help="the class of a state dict (FILE.py:Class), or the file that defines a "
-                   "pickled module's class (with --trust-pickle)")
-    p.add_argument("--module-args", metavar="JSON",
-                   help="constructor arguments for --module: a JSON object or list")
-    p.add_argument("--arch", metavar="SIZES",
-                   help="a state dict of a Linear+ReLU stack with these sizes, e.g. 64,32,10")
+    _add_source_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--input-mean", help="per-input means (comma-separated, or one for all) "
                    "to fold into the first layer, with --input-std")
     p.add_argument("--input-std", help="per-input standard deviations (see --input-mean)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow a fully pickled nn.Module (unpickling runs the file's code)")
     p.add_argument("--input-range", metavar="LO,HI",
                    help="inputs are raw integers in [LO, HI], fed to the board as they are")
     p.add_argument("--input-bits", type=int,
@@ -399,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "y_test/y, any case), .npy, or .csv (see --label-column)")
     p.add_argument("--label-column", help="the label column of a .csv (a header name or an "
                    "index; -1 for the last)")
+    _add_source_args(p)
     p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
                    help="fail when fixed-point accuracy is more than this below float (1)")
     p.add_argument("--min-agreement", type=float, default=99.0, metavar="PERCENT",

@@ -347,10 +347,14 @@ def test_verify_fails_when_the_declared_range_ruins_accuracy(tmp_path, capsys):
                 str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "fractional values in the calibration data" in out
-    code = cli(["verify", str(tmp_path / "o" / "model.mlp"), "--data", str(tmp_path / "d.npz"),
-                "--float", str(tmp_path / "m.pth"), "--vm", "cpython"])
-    out = capsys.readouterr()
-    assert code == 2 and "--arch" in out.err  # a state dict needs its architecture here too
+    verify = ["verify", str(tmp_path / "o" / "model.mlp"), "--data", str(tmp_path / "d.npz"),
+              "--float", str(tmp_path / "m.pth"), "--vm", "cpython"]
+    assert cli(verify) == 2  # a state dict needs its architecture here too
+    assert "--arch" in capsys.readouterr().err
+    assert cli(verify + ["--arch", "64,16,10"]) == 1
+    out = capsys.readouterr().out
+    assert "cpython   vs reference: 100.00 % identical" in out
+    assert "result: FAILED: fixed-point accuracy" in out and "points below float" in out
 
 
 def _graph(nodes, n_in=2, n_out=2, inits=(), opset=13):
