@@ -15,9 +15,14 @@ import numpy as np
 from .fold import fold_batchnorm, fold_input_affine
 from .layers import ExportError, FloatLayer, check
 
-# Ops after the MLP's result that only post-process it (probabilities, a label): the
-# board gives the raw outputs and their argmax, which is the same class.
-TRAILING = ("softmax", "logsoftmax", "argmax", "sigmoid")
+# The note that says a trailing op was dropped: the source's own outputs are then its
+# probabilities (or a label), not the layer list's outputs.
+_DROPPED = "dropped the trailing "
+
+
+def dropped_trailing(notes: list[str]) -> bool:
+    """Whether the notes of a chain say a trailing Softmax/Sigmoid/... was dropped."""
+    return any(n.startswith(_DROPPED) for n in notes)
 
 
 class ChainBuilder:
@@ -135,17 +140,22 @@ class ChainBuilder:
         if self.ended is None:
             self.ended = where
             self.sigmoid = kind == "sigmoid"
-            self.notes.append(f"dropped the trailing {kind} ({where}): the board's argmax of "
-                              f"the outputs gives the same class")
+            self.notes.append(f"{_DROPPED}{kind} ({where}): the board's argmax of the outputs "
+                              f"gives the same class")
         else:
             self.notes.append(f"dropped {kind} after {self.ended}")
 
-    def passthrough(self, kind: str, where: str) -> None:
-        """Identity, Dropout (eval), Flatten/Reshape of a feature vector, a no-op Cast."""
-
-    def after_end(self, kind: str, where: str) -> bool:
-        """True if an op after the trailing op is post-processing to drop."""
-        return self.ended is not None
+    def clip(self, lo: float | None, hi: float | None, where: str) -> None:
+        """Clip/clamp with either bound optional (None); min > max is refused, since it
+        computes the max everywhere; no bounds is the identity."""
+        lo = -np.inf if lo is None else float(lo)
+        hi = np.inf if hi is None else float(hi)
+        if lo > hi:
+            raise ExportError(f"{where}: Clip with min {lo} > max {hi}")
+        if lo == 0 and hi == np.inf:
+            self.activation("relu", where)
+        elif np.isfinite(lo) or np.isfinite(hi):
+            self.activation("clamp", where, lo, hi)
 
     # -- the result --------------------------------------------------------------
     def finish(self) -> tuple[list[FloatLayer], list[str]]:

@@ -208,14 +208,7 @@ def _chain_op(b: ChainBuilder, node, op, a, ins, consts, where, cur, graph_input
             lo = float(consts[node.input[1]])
         if len(node.input) > 2 and node.input[2]:
             hi = float(consts[node.input[2]])
-        lo = -np.inf if lo is None else float(lo)
-        hi = np.inf if hi is None else float(hi)
-        if lo > hi:
-            raise ExportError(f"{where}: Clip with min {lo} > max {hi}")
-        if lo == 0 and hi == np.inf:
-            b.activation("relu", where)
-        elif np.isfinite(lo) or np.isfinite(hi):
-            b.activation("clamp", where, lo, hi)
+        b.clip(lo, hi, where)
     elif op == "LeakyRelu":
         b.activation("leaky", where, float(a.get("alpha", 0.01)))
     elif op == "Dropout":

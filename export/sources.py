@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .chain import dropped_trailing
 from .layers import ExportError, FloatLayer, one_line
 
 FORMS = (
@@ -112,8 +113,8 @@ def _torch_source(mod, name: str, kind: str, mean=None, std=None, info=None) -> 
     mod = mod.eval()
     layers, notes = layers_and_notes(mod)
 
-    comparable = not any(n.startswith("dropped") for n in notes)
-    src = Source(layers, notes, kind, name, mean, std, info or {}, None, "PyTorch", comparable)
+    src = Source(layers, notes, kind, name, mean, std, info or {}, None, "PyTorch",
+                 not dropped_trailing(notes))
 
     def runtime(x: np.ndarray) -> np.ndarray:
         if src.mean is not None and src.std is not None:  # normalization outside the model
@@ -141,9 +142,8 @@ def _exported_source(ep, name: str) -> Source:
             except Exception:  # a program exported with a fixed batch of 1: row by row
                 return torch.cat([fn(t[i:i + 1]) for i in range(len(t))]).double().numpy()
 
-    comparable = not any(n.startswith("dropped") for n in notes)
     return Source(layers, notes, "torch.export", name, runtime=runtime,
-                  runtime_name="PyTorch (torch.export)", comparable=comparable)
+                  runtime_name="PyTorch (torch.export)", comparable=not dropped_trailing(notes))
 
 
 def _onnx_source(model, name: str) -> Source:

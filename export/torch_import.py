@@ -86,22 +86,23 @@ def _op_name(target) -> str:
     return name.rstrip("_") if name.endswith("_") and not name.startswith("_") else name
 
 
-def _function_op(b: ChainBuilder, name: str, args: list, kwargs: dict, where: str) -> None:
+def _function_op(b: ChainBuilder, name: str, args: list, kwargs: dict, where: str,
+                 node_name: str) -> None:
     """One function node of a graph (torch.fx, torch.export or TorchScript), whose data
-    argument is _DATA and the others constants."""
+    argument is _DATA and the others constants; node_name names a linear layer."""
     def arg(i, key, default=None):
         if len(args) > i:
             return args[i]
         return kwargs.get(key, default)
 
     data_at = [i for i, a in enumerate(args) if a is _DATA]
-    if name in ("linear",):
+    if name == "linear":
         b.linear(_t(arg(1, "weight")), None if arg(2, "bias") is None else _t(arg(2, "bias")),
-                 where.split("'")[1] if "'" in where else name, where)
+                 node_name, where)
     elif name == "addmm" and data_at == [1]:
-        b.linear(_t(args[2]).T, _t(args[0]), name, where)
+        b.linear(_t(args[2]).T, _t(args[0]), node_name, where)
     elif name in ("mm", "matmul") and data_at == [0]:
-        b.linear(_t(args[1]).T, None, name, where)
+        b.linear(_t(args[1]).T, None, node_name, where)
     elif name in ("relu", "relu6", "hardtanh", "clamp", "clip", "clamp_min", "clamp_max",
                   "threshold"):
         if name == "relu":
@@ -118,8 +119,8 @@ def _function_op(b: ChainBuilder, name: str, args: list, kwargs: dict, where: st
             lo = arg(1, "min") if name != "clamp_max" else None
             hi = arg(2, "max") if name in ("clamp", "clip") else (
                 arg(1, "max") if name == "clamp_max" else None)
-            _clip(b, None if lo is None else float(_t(lo)),
-                  None if hi is None else float(_t(hi)), where)
+            b.clip(None if lo is None else float(_t(lo)), None if hi is None else float(_t(hi)),
+                   where)
         else:
             raise ExportError(f"{where}: {name} is not supported; supported: {SUPPORTED}")
     elif name == "leaky_relu":
@@ -137,10 +138,10 @@ def _function_op(b: ChainBuilder, name: str, args: list, kwargs: dict, where: st
         b.elementwise(op, _t(other), where, const_first=data_at[0] == 1)
     elif name in ("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm",
                   "_native_batch_norm_legit_functional"):
-        training = name == "batch_norm" and bool(arg(5, "training", False)) or (
-            name in ("native_batch_norm", "_native_batch_norm_legit_functional")
-            and bool(arg(5, "training", False)))
-        eps = arg(7, "eps") if name in ("batch_norm", "native_batch_norm") else arg(6, "eps")
+        # every variant but ..._no_training has (..., training, momentum, eps, ...)
+        no_training = name == "_native_batch_norm_legit_no_training"
+        training = not no_training and bool(arg(5, "training", False))
+        eps = arg(6, "eps") if no_training else arg(7, "eps")
         n = _t(arg(3, "running_mean")).size
         w, bias = arg(1, "weight"), arg(2, "bias")
         b.batchnorm(np.ones(n) if w is None else _t(w), np.zeros(n) if bias is None else _t(bias),
@@ -165,20 +166,6 @@ def _function_op(b: ChainBuilder, name: str, args: list, kwargs: dict, where: st
             raise ExportError(f"{where}: takes item {args[1]} of a layer's result")
     else:
         raise ExportError(f"{where}: {name} is not supported; supported layers: {SUPPORTED}")
-
-
-def _clip(b: ChainBuilder, lo: float | None, hi: float | None, where: str) -> None:
-    """A clamp with either bound optional; min > max is refused (it computes max)."""
-    lo_v = -np.inf if lo is None else lo
-    hi_v = np.inf if hi is None else hi
-    if lo_v > hi_v:
-        raise ExportError(f"{where}: clip with min {lo_v} > max {hi_v}")
-    if lo_v == -np.inf and hi_v == np.inf:
-        return
-    if lo_v == 0 and hi_v == np.inf:
-        b.activation("relu", where)
-    else:
-        b.activation("clamp", where, lo_v, hi_v)
 
 
 def _hashable(a) -> bool:
@@ -248,7 +235,7 @@ def _layers_from_fx(gm, what: str, consts: dict | None = None
         vals = _resolve(args, env)
         kvals = {k: _resolve([v], env)[0] for k, v in kwargs.items()}
         flat = _flatten(vals) + _flatten(list(kvals.values()))
-        if _DATA not in [x for x in flat if x is _DATA]:
+        if not any(x is _DATA for x in flat):
             try:
                 env[node] = evaluate(vals, kvals)
             except Exception as e:
@@ -258,16 +245,12 @@ def _layers_from_fx(gm, what: str, consts: dict | None = None
         if users != [cur] or sum(x is _DATA for x in flat) != 1:
             raise ExportError(f"{where} takes {[u.name for u in users]}: only a chain of "
                               f"layers is supported, not branches or skip connections")
-        if b.ended is not None and not (name in _PASS_FUNCS or name in _TRAIL_FUNCS or (
-                name == "module" and isinstance(gm.get_submodule(node.target),
-                                                _PASS_THROUGH + (nn.Softmax, nn.LogSoftmax)))):
-            raise ExportError(f"{where}: comes after the trailing op at {b.ended}")
         if name == "module":
             leaf = gm.get_submodule(node.target)
             _module_op(b, leaf, f"layer '{node.target}' ({type(leaf).__name__})",
                        str(node.target))
         else:
-            _function_op(b, name, vals, kvals, where)
+            _function_op(b, name, vals, kvals, where, node.name)
         env[node] = _DATA
         cur = node
     out = [n for n in gm.graph.nodes if n.op == "output"]
@@ -277,9 +260,6 @@ def _layers_from_fx(gm, what: str, consts: dict | None = None
             raise ExportError(f"{what}: returns {[getattr(r, 'name', r) for r in res]}, not "
                               f"just the last layer's output")
     return b.finish()
-
-
-_TRAIL_FUNCS = {"softmax", "_softmax", "log_softmax", "_log_softmax", "argmax", "sigmoid"}
 
 
 def _resolve(args, env):
@@ -320,10 +300,6 @@ def layers_and_notes(module: nn.Module) -> tuple[list[FloatLayer], list[str]]:
                                                          for _, m in leaves[index:]):
                 raise ExportError(f"{where} is not supported; supported layers: {SUPPORTED} "
                                   f"(and Sigmoid as the last layer)")
-            if b.ended is not None and not isinstance(
-                    leaf, _PASS_THROUGH + (nn.Softmax, nn.LogSoftmax, nn.Sigmoid)):
-                raise ExportError(f"{where}: comes after the trailing op at {b.ended}; a "
-                                  f"Softmax is supported only at the end")
             _module_op(b, leaf, where, name)
         return b.finish()
     from torch import fx
@@ -400,9 +376,7 @@ def layers_from_script(module) -> tuple[list[FloatLayer], list[str]]:
         if [i for i in node.inputs() if env.get(i) is _DATA] != [cur]:
             raise ExportError(f"{where}: only a chain of layers is supported, not branches "
                               f"or skip connections")
-        if b.ended is not None and name not in _PASS_FUNCS | _TRAIL_FUNCS:
-            raise ExportError(f"{where}: comes after the trailing op at {b.ended}")
-        _function_op(b, _op_name(name), args, {}, where)
+        _function_op(b, _op_name(name), args, {}, where, f"node{index}")
         env[outs[0]] = _DATA
         cur = outs[0]
     if [o for o in graph.outputs()] != [cur]:

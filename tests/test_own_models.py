@@ -417,6 +417,10 @@ def test_torch_refusals_name_the_layer():
     with pytest.raises(ExportError, match=r"layer 2 '2' \(Softmax\): softmax along axis 0"):
         micromlp.export(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Softmax(dim=0)),
                         calib=np.zeros((3, 2)), out=None)
+    with pytest.raises(ExportError, match=r"layer 2 '2' \(Linear\): comes after layer 1 '1' "
+                                          r"\(Softmax\), which is supported only at the end"):
+        micromlp.export(nn.Sequential(nn.Linear(2, 2), nn.Softmax(1), nn.Linear(2, 2)),
+                        calib=np.zeros((3, 2)), out=None)
     with pytest.raises(ExportError, match=r"Flatten\(start_dim=0\)"):
         micromlp.export(nn.Sequential(nn.Flatten(0), nn.Linear(2, 2)), calib=np.zeros((3, 2)),
                         out=None)
