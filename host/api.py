@@ -93,31 +93,29 @@ class Exported:
         return verify_arrays(self.mlp_path(), x, y, source, names, max_accuracy_drop,
                              min_agreement)
 
-    def run(self, x, vm: str = "reference", ints: bool = False) -> RunResult:
+    def run(self, x, vm: str = "reference", ints: bool = False,
+            what: str = "inputs") -> RunResult:
         """Run on float inputs (quantized as the board's would be), or on the input
-        integers with ints=True; vm: reference, cpython, unix or wasm."""
+        integers with ints=True; vm: reference, cpython, unix or wasm. `what` names the
+        inputs in error messages (the CLI passes the file)."""
         from ..export.data import check_inputs
         from .reference import run as run_reference
 
-        x = check_inputs(x, "inputs", self.model.n_inputs)
+        x = check_inputs(x, what, self.model.n_inputs)
         if ints:
-            if np.any(x != np.round(x)) or np.any(np.abs(x) >= 2**30):
-                raise ExportError("integer inputs must be whole numbers below 2**30")
+            bad = (x != np.round(x)) | (np.abs(x) >= 2**30)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise ExportError(f"{what}: row {r}, column {c} is {x[r, c]:g}: integer "
+                                  f"inputs must be whole numbers below 2**30")
             xq = np.clip(x, self.model.in_lo, self.model.in_hi).astype(np.int64)
         else:
             xq = self.model.quantize_input(x)
         if vm == "reference":
             out = run_reference(self.model, xq).out
-        else:
-            out = vms_run(vm, self.mlp_path(), xq, self.model.n_outputs)
+        else:  # run_firmware names the VMs it knows
+            out = vms.run_firmware(vm, self.mlp_path(), xq, self.model.n_outputs)
         return RunResult(out, self.model.dequantize_output(out), np.argmax(out, axis=1), vm)
-
-
-def vms_run(vm: str, path: Path, xq: np.ndarray, n_out: int) -> np.ndarray:
-    if vm not in vms.FIRMWARE_VMS:
-        raise ExportError(f"unknown VM {vm!r}; choose from reference, "
-                          f"{', '.join(vms.FIRMWARE_VMS)}")
-    return vms.run_firmware(vm, path, xq, n_out)
 
 
 def quant_options(weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,

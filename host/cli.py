@@ -68,9 +68,8 @@ def do_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quant_options(args: argparse.Namespace):
-    from .api import quant_options
-
+def _quant_kwargs(args: argparse.Namespace) -> dict:
+    """The bit and input-range options, as the API's keyword arguments."""
     input_range = None
     if getattr(args, "input_range", None):
         try:
@@ -81,8 +80,9 @@ def _quant_options(args: argparse.Namespace):
             raise CLIError(
                 f"--input-range takes LO,HI integers, got {args.input_range!r}"
             ) from None
-    return quant_options(args.weight_bits, args.act_bits, args.out_bits, args.per_tensor,
-                         input_range, getattr(args, "input_bits", None))
+    return dict(weight_bits=args.weight_bits, act_bits=args.act_bits, out_bits=args.out_bits,
+                per_tensor=args.per_tensor, input_range=input_range,
+                input_bits=getattr(args, "input_bits", None))
 
 
 def _floats(text: str | None) -> np.ndarray | None:
@@ -98,8 +98,7 @@ def _floats(text: str | None) -> np.ndarray | None:
 
 
 def do_export(args: argparse.Namespace) -> int:
-    from ..export.exporter import export_model
-    from .api import Exported
+    from .api import export
 
     mean, std = _floats(args.input_mean), _floats(args.input_std)
     if (mean is None) != (std is None):
@@ -107,17 +106,16 @@ def do_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: exists and is not a folder (-o names the output folder)")
-    res = export_model(args.model, out, args.calib, _quant_options(args), mean, std,
-                       module=args.module, module_args=args.module_args, arch=args.arch,
-                       trust_pickle=args.trust_pickle)
-    exp = Exported(res.model, res.paths, res.source)
+    exp = export(args.model, args.calib, out, input_mean=mean, input_std=std,
+                 module=args.module, module_args=args.module_args, arch=args.arch,
+                 trust_pickle=args.trust_pickle, **_quant_kwargs(args))
     if args.json:
         from ..export.report import layer_rows
 
-        print(json.dumps({"notes": exp.notes, "layers": layer_rows(res.model),
-                          "error_bound": exp.error_bound, "n_inputs": res.model.n_inputs,
-                          "n_outputs": res.model.n_outputs,
-                          "files": {k: str(p) for k, p in res.paths.items()}}, indent=2))
+        print(json.dumps({"notes": exp.notes, "layers": layer_rows(exp.model),
+                          "error_bound": exp.error_bound, "n_inputs": exp.model.n_inputs,
+                          "n_outputs": exp.model.n_outputs,
+                          "files": {k: str(p) for k, p in exp.paths.items()}}, indent=2))
     else:
         print(exp)
     return 0
@@ -160,28 +158,10 @@ def _read_inputs(path: str) -> np.ndarray:
 
 
 def do_run(args: argparse.Namespace) -> int:
-    from ..export import modelfile
-    from . import reference, vms
+    from .api import load
 
-    model = modelfile.load(args.model)
-    x = _read_inputs(args.input)
-    if x.shape[1] != model.n_inputs:
-        raise CLIError(
-            f"{args.input}: rows have {x.shape[1]} values, the model takes {model.n_inputs}"
-        )
-    if args.int:
-        if np.any(x != np.round(x)) or np.any(np.abs(x) >= 2**30):
-            r, c = np.argwhere((x != np.round(x)) | (np.abs(x) >= 2**30))[0]
-            raise CLIError(f"{args.input}: row {r}, column {c} is {x[r, c]:g}: --int takes "
-                           f"whole numbers below 2**30")
-        xq = np.clip(x, model.in_lo, model.in_hi).astype(np.int64)
-    else:
-        xq = model.quantize_input(x)
-    if args.vm == "reference":
-        out = reference.run(model, xq).out
-    else:
-        out = vms.run_firmware(args.vm, args.model, xq, model.n_outputs)
-    deq = model.dequantize_output(out)
+    res = load(args.model).run(_read_inputs(args.input), args.vm, args.int, args.input)
+    out, deq = res.ints, res.floats
     if args.json:
         print(
             json.dumps(
@@ -189,7 +169,7 @@ def do_run(args: argparse.Namespace) -> int:
                     "vm": args.vm,
                     "outputs": out.tolist(),
                     "dequantized": deq.tolist(),
-                    "predicted": np.argmax(out, axis=1).tolist(),
+                    "predicted": res.predicted.tolist(),
                 }
             )
         )
@@ -310,6 +290,7 @@ found by bisection over `micropython -X heapsize=N` on the unix port, whose obje
 def do_demo(args: argparse.Namespace) -> int:
     from ..export.exporter import export_checkpoint
     from ..export.report import layer_table
+    from .api import quant_options
     from .train import train
     from .verify import format_report, verify
 
@@ -318,7 +299,7 @@ def do_demo(args: argparse.Namespace) -> int:
     r = train(args.dataset, args.hidden, epochs=args.epochs, seed=args.seed, out=out / "model.pt")
     print(f"      float test accuracy {100 * r.test_accuracy:.2f} %, {r.n_params} parameters")
     print("[2/3] export to fixed point")
-    res = export_checkpoint(r.model_path, out, opts=_quant_options(args))
+    res = export_checkpoint(r.model_path, out, opts=quant_options(**_quant_kwargs(args)))
     print(layer_table(res.model))
     for path in res.paths.values():
         print(f"      wrote {path} ({path.stat().st_size} bytes)")
