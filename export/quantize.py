@@ -10,7 +10,7 @@ allows and shifts with round-half-up, so no value ever reaches 2**30.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -196,13 +196,14 @@ def quantize(
         in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(
             calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(spreads[0])),
             opts.headroom)
-    first = layers[0]
     const = np.flatnonzero(calib.min(axis=0) == calib.max(axis=0))
     if len(const) and opts.input_range is None:
         notes.append(f"input features {_list(const)} are constant in the calibration data: "
-                     f"their weights do not set the weight grid (they clip to it)")
+                     f"they get their neighbours' input step, and 8-bit weight grids are "
+                     f"fitted without them (their weights may clip)")
     # The first layer takes the input integers q: x = in_scale * (q - in_zero).
-    first = fold_input_affine(first, in_scale, -in_scale * in_zero, "folded input zero point")
+    first = fold_input_affine(layers[0], in_scale, -in_scale * in_zero,
+                              "folded input zero point")
     flayers = [first] + layers[1:]
 
     # Activation ranges from the float model on the calibration data.
@@ -267,8 +268,7 @@ def quantize(
             # Bias correction: the weights' rounding shifts each output by a mean amount
             # on real inputs (they are not centred); the bias takes it back.
             shift = (inputs[i] @ (layer.weight - w_q * s_w[:, None]).T).mean(axis=0)
-            layer = FloatLayer(layer.weight, layer.bias + shift, layer.act, layer.name,
-                               layer.bias_note, layer.clamp_lo, layer.clamp_hi, layer.slope)
+            layer = replace(layer, bias=layer.bias + shift)
         b_q = None
         if layer.bias is not None:
             b_real = _round(layer.bias / (s_x * s_w))
