@@ -48,28 +48,31 @@ class Source:
     runtime_name: str = ""
     comparable: bool = True
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        y = np.asarray(self.runtime(np.asarray(x, dtype=np.float64)), dtype=np.float64)
-        return y.reshape(len(x), -1)
+    def evaluate(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(outputs, classes) from one run of the source's own runtime.
 
-    def float_outputs(self, x: np.ndarray) -> np.ndarray:
-        """Float outputs in the layer list's output space: the runtime's where they are
-        that, else the float64 forward of the layer list."""
-        if self.runtime is None or not self.comparable:
-            return self.layer_outputs(x)
-        y = self._run(x)
+        outputs are in the layer list's output space: the runtime's where they are that
+        (comparable), else the float64 forward of the layer list; classes are what the
+        runtime predicts.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if self.runtime is None:
+            out = self.layer_outputs(x)
+            return out, np.argmax(out, axis=1)
+        y = np.asarray(self.runtime(x), dtype=np.float64).reshape(len(x), -1)
+        if y.shape[1] == 1:  # one logit (comparable) or one probability (a dropped Sigmoid)
+            classes = (y[:, 0] > (0.0 if self.comparable else 0.5)).astype(np.int64)
+        else:
+            classes = np.argmax(y, axis=1)
+        if not self.comparable:
+            return self.layer_outputs(x), classes
         if y.shape[1] == 1 and self.layers[-1].n_out == 2:  # logit z -> [-z/2, z/2]
             y = np.hstack([-y / 2, y / 2])
-        return y
+        return y, classes
 
-    def float_classes(self, x: np.ndarray) -> np.ndarray:
-        """The class the source's own runtime predicts for each row."""
-        if self.runtime is None:
-            return np.argmax(self.layer_outputs(x), axis=1)
-        y = self._run(x)
-        if y.shape[1] == 1:  # one logit (comparable) or one probability (a dropped Sigmoid)
-            return (y[:, 0] > (0.0 if self.comparable else 0.5)).astype(np.int64)
-        return np.argmax(y, axis=1)
+    def float_outputs(self, x: np.ndarray) -> np.ndarray:
+        """The float outputs of evaluate()."""
+        return self.evaluate(x)[0]
 
     def layer_outputs(self, x: np.ndarray) -> np.ndarray:
         """Float64 forward pass of the layer list (normalization applied first)."""
@@ -83,7 +86,9 @@ class Source:
 
 def load_source(model, *, module: str | None = None, module_args=None,
                 arch: str | list[int] | None = None, trust_pickle: bool = False) -> Source:
-    """A Source from any accepted form (see the module docstring)."""
+    """A Source from any accepted form (see the module docstring); a Source as it is."""
+    if isinstance(model, Source):
+        return model
     if isinstance(model, (str, Path)):
         return _from_path(Path(model), module, module_args, arch, trust_pickle)
     kind = type(model).__module__.split(".")[0]

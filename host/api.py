@@ -86,8 +86,7 @@ class Exported:
         False on any VM mismatch, a broken bound, an accuracy drop of more than
         max_accuracy_drop (a fraction) or top-1 agreement below min_agreement.
         """
-        source = self.source if float_model is None else (
-            float_model if isinstance(float_model, Source) else load_source(float_model))
+        source = self.source if float_model is None else load_source(float_model)
         names = tuple(v.strip() for v in vms.split(",")) if isinstance(vms, str) else tuple(
             vms)
         return verify_arrays(self.mlp_path(), x, y, source, names, max_accuracy_drop,

@@ -107,9 +107,9 @@ def verify(
     x, y = load_data(data_path, split, label_column)
     source = None
     if float_model is not None:
-        from ..export.sources import Source, load_source
+        from ..export.sources import load_source
 
-        source = float_model if isinstance(float_model, Source) else load_source(float_model)
+        source = load_source(float_model)
     return verify_arrays(mlp_path, x, y, source, vm_names, max_accuracy_drop, min_agreement)
 
 
@@ -161,8 +161,7 @@ def verify_arrays(
             rep.fixed_accuracy = float((pred == labels).mean())
     if source is not None:
         rep.float_model = source.runtime_name or source.kind
-        yf = source.float_outputs(x)
-        cls = source.float_classes(x)
+        yf, cls = source.evaluate(x)
         err = np.abs(model.dequantize_output(ref.out) - yf).max(axis=1)
         rep.max_abs_error = float(err.max())
         rep.max_abs_error_unsaturated = float(err[~saturated].max()) if (~saturated).any() else None
@@ -180,7 +179,7 @@ def verify_arrays(
         conf = np.zeros((n, n), dtype=int)
         np.add.at(conf, (labels, pred), 1)
         rep.confusion = conf.tolist()
-        fcls = source.float_classes(x) if source is not None else None
+        fcls = cls if source is not None else None
         for c in range(n):
             m = labels == c
             if m.any():
