@@ -74,9 +74,9 @@ def source_from_sklearn(est):
         raise ExportError(f"{type(est).__name__}: no MLPClassifier or MLPRegressor in it")
     layers, notes = b.finish()
     classifier = type(mlp).__name__ == "MLPClassifier"
-    multilabel = classifier and getattr(mlp, "out_activation_", "") == "logistic" and (
-        layers[-1].n_out > 2)
-    if multilabel:
+    # logistic outputs are one binary logit, or one per label of a multi-label model
+    # (whose argmax is not its answer)
+    if classifier and mlp.out_activation_ == "logistic" and mlp.coefs_[-1].shape[1] > 1:
         raise ExportError(f"{type(mlp).__name__}: multi-label output is not supported")
 
     def runtime(x: np.ndarray) -> np.ndarray:

@@ -298,6 +298,12 @@ def test_sklearn_refusals_name_the_problem(data):
         est = MLPClassifier((4,), activation="tanh", max_iter=5).fit(x, y)
     with pytest.raises(ExportError, match="activation 'tanh' is not supported"):
         micromlp.export(est, calib=x, out=None)
+    two_labels = np.stack([y > 4, y % 2 == 0], axis=1).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = MLPClassifier((4,), max_iter=5).fit(x, two_labels)
+    with pytest.raises(ExportError, match="multi-label output is not supported"):
+        micromlp.export(est, calib=x, out=None)
 
 
 def test_digits_scaled_to_unit_range_loses_no_accuracy():
