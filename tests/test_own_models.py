@@ -476,3 +476,36 @@ def test_data_files_and_cli_conveniences(data, user_net, tmp_path, capsys):
     assert cli(["run", str(tmp_path / "o" / "model.mlp"), "--input",
                 str(tmp_path / "calib.csv"), "--json"]) == 0
     capsys.readouterr()
+
+
+def test_bias_correction_takes_back_the_mean_error_of_weight_rounding():
+    """Non-centred inputs (pixels 0..16): weight rounding shifts outputs by a mean amount,
+    which the corrected bias removes."""
+    from helpers import calib_data, make_mlp
+    from micromlp.export.exporter import quantize_layers
+    from micromlp.export.quantize import QuantOptions
+    from micromlp.export.torch_import import layers_from_module
+    from micromlp.host import reference
+
+    module = make_mlp([64, 32, 10], seed=3)
+    x = calib_data(64, 2000, kind="int")
+    with torch.no_grad():
+        want = module(torch.tensor(x, dtype=torch.float32)).numpy()
+    bias = []
+    for corrected in (False, True):
+        q = quantize_layers(layers_from_module(module), x, QuantOptions(bias_correction=corrected))
+        got = q.dequantize_output(reference.run(q, q.quantize_input(x)).out)
+        bias.append(np.abs((got - want).mean(axis=0)).mean())
+    assert bias[1] < 0.5 * bias[0], bias
+
+
+def test_inputs_a_little_past_the_calibration_range_do_not_clip():
+    lin = nn.Linear(2, 1)
+    with torch.no_grad():
+        lin.weight[:] = torch.tensor([[1.0, 1.0]])
+        lin.bias.zero_()
+    x = 0.2 + 0.8 * np.random.default_rng(0).random((500, 2))  # [0.2, 1]
+    q = micromlp.export(lin, calib=x, out=None)
+    past = np.array([[1.04, 0.5], [0.16, 0.5]])  # 5 % of the span past each end
+    err = np.abs(q.run(past).floats[:, 0] - past.sum(axis=1))
+    assert err.max() < 0.01, err
