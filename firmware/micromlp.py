@@ -31,6 +31,18 @@ except ImportError:
     _crc32 = None
 
 try:
+    # Inference runs with the heap locked: MicroPython then keeps a bytecode
+    # function's frame on the C stack instead of allocating it (docs/format.md).
+    from micropython import heap_lock as _lock
+    from micropython import heap_unlock as _unlock
+except ImportError:
+
+    def _lock():
+        pass
+
+    _unlock = _lock
+
+try:
     import micromlp_viper as _fast
 except (ImportError, SyntaxError, NameError):
     _fast = None
@@ -47,6 +59,7 @@ _ACT_LEAKY = const(3)  # LeakyReLU: negative values times slope_mult / 2**slope_
 _FLAG_BIAS = const(1)
 _FLAG_FOLDED = const(2)  # informational: the bias came from folding
 _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below this
+_F32_INF = const(0x7F800000)  # float32 bits of +inf: positive finite is 0 < bits < this
 
 # A layer's parameters as one int32 array q, shared by every kernel:
 # q[0..14] = n_in, n_out, lo, hi, has_bias, first row, end row, weight offset,
@@ -165,22 +178,36 @@ def _linear(x, w, q, y):
             j += 4
 
 
-def _prep(x, xq, b):
-    # xq = x clamped to [b[1], b[2]]
-    lo = b[1]
-    hi = b[2]
-    for i in range(b[0]):
+def _prep(x, xq, b, lim):
+    # xq = x clamped to lim = [lo, hi] by comparisons, so any int clamps right;
+    # xq is an array('i'): a float is refused there. Small frame (see Net.run).
+    i = b[0]
+    while i:
+        i -= 1
         v = x[i]
-        if v < lo:
-            v = lo
-        elif v > hi:
-            v = hi
+        if v < lim[0]:
+            v = lim[0]
+        elif v > lim[1]:
+            v = lim[1]
         xq[i] = v
 
 
 def _copy(y, out, b):
-    for i in range(b[4]):
+    i = b[4]
+    while i:
+        i -= 1
         out[i] = y[i]
+
+
+def _argmax(y, b):
+    # index of the largest of the b[4] outputs, the first one on a tie
+    i = b[4] - 1
+    best = i
+    while i:
+        i -= 1
+        if y[i] >= y[best]:
+            best = i
+    return best
 
 
 KERNELS = ("viper", "native", "portable")
@@ -240,11 +267,15 @@ class Net:
         self.kernel = kernel
         self.stream = None  # the open model file when weights stay on storage
         fast = _fast if kernel == "viper" else None
-        self.x = array("i", bytes(4 * self.n_inputs)) if fast else [0] * self.n_inputs
+        # the clamped inputs: an array('i'), so a float in x is refused, not computed with
+        self.x = array("i", bytes(4 * self.n_inputs))
+        self.y = layers[-1].y  # the last layer's outputs (predict reads them in place)
         # what run() needs, gathered once: the input clamp, each layer's kernel
         # call, and the copy of the result
         self.prep = fast.prep if fast else _prep
         self.copy = fast.copy if fast else _copy
+        self.argmax = fast.argmax if fast else _argmax
+        self.lim = [in_lo, in_hi]
         # viper sign-extends 32-bit loads on 64-bit ports where values can be < 0
         sx = 32 if fast and _word_bits() == 64 else 0
         self.bounds = array(
@@ -268,15 +299,36 @@ class Net:
     def __repr__(self):
         return "Net(%s)" % ", ".join([repr(layer) for layer in self.layers])
 
+    # run, predict and _infer keep their frames small (a few locals): MicroPython
+    # puts a larger bytecode frame on the heap unless the heap is locked, and the
+    # layers run with it locked, so an inference allocates nothing. Nothing in the
+    # locked part can raise (inputs are checked before it); a Ctrl-C there leaves
+    # the heap locked until micropython.heap_unlock() or the REPL.
+
     def run(self, x, out=None):
         """Integer outputs for the integer inputs x; allocation-free when out is given."""
-        if len(x) != self.n_inputs:
-            raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
         if out is None:
             out = array("i", bytes(4 * self.n_outputs))
+        self._infer(x)
+        self.copy(self.y, out, self.bounds)
+        return out
+
+    def predict(self, x):
+        """Index of the largest output (the first one on a tie); allocation-free."""
+        self._infer(x)
+        return self.argmax(self.y, self.bounds)
+
+    def _infer(self, x):
+        if len(x) != self.n_inputs:
+            raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
         # Clamp inputs to the declared range: the overflow proof assumes it.
+        self.prep(x, self.x, self.bounds, self.lim)
+        _lock()
+        self._layers()
+        _unlock()
+
+    def _layers(self):
         xq = self.x
-        self.prep(x, xq, self.bounds)
         if self.stream is None:
             for fn, w, q, y in self.plan:
                 fn(xq, w, q, y)
@@ -285,8 +337,6 @@ class Net:
             for layer in self.layers:
                 self._stream_layer(xq, layer)
                 xq = layer.y
-        self.copy(xq, out, self.bounds)
-        return out
 
     def _stream_layer(self, x, layer):
         # Weights stay in the file: read a block of rows at a time into the one
@@ -311,16 +361,6 @@ class Net:
         q[5] = 0
         q[6] = n_out
 
-    def predict(self, x):
-        """Index of the largest output (the first one on a tie); allocation-free."""
-        self.run(x, self.layers[-1].y)
-        out = self.layers[-1].y
-        best = 0
-        for i in range(1, self.n_outputs):
-            if out[i] > out[best]:
-                best = i
-        return best
-
     def dequantize(self, out):
         """Output ints as floats (allocates; not for the hot loop)."""
         return [v * self.out_scale for v in out]
@@ -334,17 +374,28 @@ class Net:
 
 class _Reader:
     # Reads a model stream in order, tracking the byte offset and the CRC.
+    # size: the stream's real length in bytes (None when it cannot seek).
 
-    def __init__(self, f):
+    def __init__(self, f, size):
         self.f = f
+        self.size = size
         self.pos = 0
         self.crc = 0
         self.crc_fn = _crc32 or _soft_crc32
         self.scratch = bytearray(32)
 
+    def need(self, nbytes, what):
+        # Refuse a section the file cannot hold before reading or allocating it.
+        if self.size is not None and self.pos + nbytes > self.size:
+            raise ModelError(
+                "truncated at offset %d: %s needs %d bytes, got %d"
+                % (self.pos, what, nbytes, max(0, self.size - self.pos))
+            )
+
     def fill(self, buf, what, nbytes=0):
         # nbytes: the size in bytes when buf is a typed array (len counts items)
         nbytes = nbytes or len(buf)
+        self.need(nbytes, what)
         got = self.f.readinto(buf) or 0
         if got != nbytes:
             raise ModelError(
@@ -357,6 +408,7 @@ class _Reader:
     def skip(self, nbytes, what):
         # Read through a section without keeping it (the CRC covers it), in small
         # chunks; a short read is reported for the whole section.
+        self.need(nbytes, what)
         start = self.pos
         chunk = self.scratch
         left = nbytes
@@ -373,32 +425,59 @@ class _Reader:
             self.pos += got
             left -= got
 
-    def array(self, typecode, count, itemsize, what, keep=True):
+    def array(self, typecode, count, itemsize, what):
         # A typed array read straight from the stream; 'B' is a bytearray,
         # which (unlike array()) needs no zeroed temporary copy to create.
         nbytes = count * itemsize
-        buf = None
-        if keep:
-            buf = bytearray(nbytes) if typecode == "B" else array(typecode, bytes(nbytes))
-            self.fill(buf, what, nbytes)
-        else:
-            self.skip(nbytes, what)
+        self.need(nbytes, what)
+        buf = bytearray(nbytes) if typecode == "B" else array(typecode, bytes(nbytes))
+        self.fill(buf, what, nbytes)
+        self.pad(nbytes, what)
+        return buf
+
+    def pad(self, nbytes, what):
         pad = (-nbytes) & 3
         if pad:
             self.fill(bytearray(pad), what + " padding")
-        return buf
+
+    def u32(self, what):
+        # one little-endian u32 (a float32's bits, for checks on integers)
+        return struct.unpack("<I", self.fill(bytearray(4), what))[0]
 
 
-def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
-    # keep: bit 0 keeps 8-bit weights in RAM, bit 1 keeps 16-bit ones.
-    at = r.pos
-    h = r.fill(bytearray(_LAYER_HEADER_SIZE), "layer %d header" % index)
-    size, n_in, n_out, w_bits, flags, act, _, lo, hi, bound = struct.unpack("<IHHBBBBiiI", h[:24])
-    sm, ss = struct.unpack("<HB", h[36:39])
+def _abs_sum(w, k, n, zw):
+    # sum of |w[i] - zw| for i in k..k+n-1: one row's weight magnitudes
+    s = 0
+    for i in range(k, k + n):
+        v = w[i] - zw
+        s += v if v > 0 else -v
+    return s
 
-    def bad(msg):
-        return ModelError("layer %d at offset %d: %s" % (index, at, msg))
 
+def _weights(r, n_in, n_out, wsize, keep, what):
+    # A layer's weights, kept in RAM or (keep false) read through a row at a
+    # time; returns them and each row's sum |w|, which the bound check needs.
+    zw = 128 if wsize == 1 else 0
+    nbytes = n_in * n_out * wsize
+    r.need(nbytes, what)
+    sums = [0] * n_out
+    w = None
+    if keep:
+        w = bytearray(nbytes) if wsize == 1 else array("h", bytes(nbytes))
+        r.fill(w, what, nbytes)
+        for c in range(n_out):
+            sums[c] = _abs_sum(w, c * n_in, n_in, zw)
+    else:
+        row = bytearray(n_in) if wsize == 1 else array("h", bytes(2 * n_in))
+        for c in range(n_out):
+            r.fill(row, what, n_in * wsize)
+            sums[c] = _abs_sum(row, 0, n_in, zw)
+    r.pad(nbytes, what)
+    return w, sums
+
+
+def _check_layer_header(bad, n_in, n_in_expected, n_out, w_bits, flags, act, res, lo, hi,
+                        bound, sm, ss):
     if n_in != n_in_expected:
         raise bad("n_in is %d, expected %d" % (n_in, n_in_expected))
     if n_out < 1:
@@ -407,16 +486,41 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
         raise bad("weight bits %d, expected 8 or 16" % w_bits)
     if act not in (_ACT_NONE, _ACT_RELU, _ACT_CLAMP, _ACT_LEAKY):
         raise bad("unknown activation code %d" % act)
-    if act == _ACT_LEAKY and not (1 <= sm < 8192 and ss <= 20):
-        raise bad("LeakyReLU slope %d / 2**%d is out of range" % (sm, ss))
-    if act != _ACT_LEAKY:
-        sm = ss = 0
+    if act == _ACT_LEAKY:
+        if not (1 <= sm < 8192 and ss <= 20):
+            raise bad("LeakyReLU slope %d / 2**%d is out of range" % (sm, ss))
+    elif sm or ss:
+        raise bad("slope fields are %d, %d without LeakyReLU, expected 0" % (sm, ss))
     if flags & ~(_FLAG_BIAS | _FLAG_FOLDED):
         raise bad("unknown flags 0x%x" % flags)
+    if flags == _FLAG_FOLDED:
+        raise bad("flag 0x2 (folded bias) is set without flag 0x1 (bias)")
+    if res[0] or res[1]:
+        raise bad("reserved bytes are %d, %d, expected 0" % res)
     if lo > hi:
         raise bad("clamp range [%d, %d] is empty" % (lo, hi))
+    if lo <= -_SMALL or hi >= _SMALL:
+        raise bad("clamp range [%d, %d] reaches 2**30" % (lo, hi))
     if bound >= _SMALL:
         raise bad("accumulator bound %d is not below 2**30" % bound)
+
+
+def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx):
+    # keep: bit 0 keeps 8-bit weights in RAM, bit 1 keeps 16-bit ones.
+    # Every bound of the 2**30 proof is recomputed here from the weights, biases
+    # and clamp ranges; the file's own accumulator bound is only cross-checked.
+    at = r.pos
+    h = r.fill(bytearray(_LAYER_HEADER_SIZE), "layer %d header" % index)
+    size, n_in, n_out, w_bits, flags, act, r11, lo, hi, bound = struct.unpack(
+        "<IHHBBBBiiI", h[:24]
+    )
+    sm, ss, r39 = struct.unpack("<HBB", h[36:40])
+
+    def bad(msg):
+        return ModelError("layer %d at offset %d: %s" % (index, at, msg))
+
+    _check_layer_header(bad, n_in, n_in_expected, n_out, w_bits, flags, act, (r11, r39), lo,
+                        hi, bound, sm, ss)
     wsize = w_bits // 8
     has_bias = flags & _FLAG_BIAS
     expect = (
@@ -429,12 +533,10 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
     )
     if size != expect:
         raise bad("size field is %d, expected %d" % (size, expect))
-    if at + size + 4 > fsize:
-        raise bad("%d bytes run past the file size %d" % (size, fsize))
+    if r.size is not None and at + size + 4 > r.size:  # before anything is allocated
+        raise bad("%d bytes run past the file size %d" % (size, r.size))
     w_pos = r.pos
-    w = r.array(
-        "B" if wsize == 1 else "h", n_in * n_out, wsize, "layer %d weights" % index, keep & wsize
-    )
+    w, sums = _weights(r, n_in, n_out, wsize, keep & wsize, "layer %d weights" % index)
     zw = 128 if wsize == 1 else 0
     q = array("i", bytes(4 * (_Q + 4 * n_out)))
     # LeakyReLU: below lf a negative value would make sm * v reach 2**30
@@ -444,15 +546,20 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
                            lf)):
         q[i] = v
     b_max = 0
-    if has_bias:
-        b = r.array("i", n_out, 4, "layer %d bias" % index)
-        for c in range(n_out):
-            q[_Q + 4 * c] = b[c]
-            b_max = max(b_max, abs(b[c]))
-        b = None
+    b = r.array("i", n_out, 4, "layer %d bias" % index) if has_bias else None
+    for c in range(n_out):
+        bc = b[c] if b is not None else 0
+        q[_Q + 4 * c] = bc
+        bc = -bc if bc < 0 else bc
+        b_max = max(b_max, bc)
+        need = bc + x_max * sums[c]
+        if need > bound:
+            raise bad("channel %d can reach %d, above the recorded accumulator bound %d"
+                      % (c, need, bound))
+    b = sums = None
     # Offset-binary weights: a running sum is b + (some w x) - 128 (the other x),
-    # so it stays within max|b| + 128 n max|x|; check that here, on the board.
-    run = b_max + zw * n_in * x_max
+    # so it stays within max|b| + 128 n max|x| (one product u x: 256 max|x|).
+    run = b_max + zw * max(n_in, 2) * x_max
     if run >= _SMALL:
         raise bad("running sum can reach %d >= 2**30 (8-bit weights are offset by 128)" % run)
     mult = r.array("i", n_out, 4, "layer %d multipliers" % index)
@@ -461,9 +568,9 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
     for c in range(n_out):
         m = mult[c]
         s = shift[c]
-        # Recheck the exporter's arithmetic: no product may reach 2**30. From shift
-        # 15 on the kernels split the accumulator (mult < 2**14; rnd keeps the
-        # rounding term's part above bit 15); below it they multiply it whole.
+        # No product may reach 2**30. From shift 15 on the kernels split the
+        # accumulator (mult < 2**14; rnd keeps the rounding term's part above
+        # bit 15); below it they multiply it whole.
         if s >= 15:
             rnd = (1 << (s - 16)) if s > 15 else 0
             ok = m < 16384
@@ -476,41 +583,74 @@ def _read_layer(r, index, n_in_expected, x_max, fsize, keep, sx, xsx):
         q[j + 1] = m
         q[j + 2] = rnd
         q[j + 3] = s
-    return q, w, w_pos, wsize, act == _ACT_RELU
+    out_bits = struct.unpack("<I", h[28:32])[0]
+    return q, w, w_pos, wsize, act == _ACT_RELU, out_bits
 
 
-def _read(f, kernel, keep):
-    # Parse and check a whole model stream; returns the Net and each layer's
-    # weight offset (for streaming and zero-copy use).
-    r = _Reader(f)
-    h = r.fill(bytearray(_HEADER_SIZE), "header")
+def _file_size(f):
+    # Bytes from the current position to the end, or None for a stream that cannot seek.
+    try:
+        here = f.tell()
+        end = f.seek(0, 2)
+        f.seek(here)
+        return end - here
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+
+
+def _check_header(h, size):
     magic = bytes(h[0:4])
     if magic != _MAGIC:
         raise ModelError("offset 0: bad magic %r, expected %r" % (magic, _MAGIC))
-    version, hsize, fsize, n_layers, n_inputs, n_outputs, width, in_lo, in_hi = struct.unpack(
-        "<HHIHHHHii", h[4:28]
-    )
+    version, hsize, fsize, n_layers = struct.unpack("<HHIH", h[4:14])
+    in_lo, in_hi, out_bits, reserved = struct.unpack("<iiII", h[20:28] + h[28:32] + h[36:40])
     if version != _VERSION:
         raise ModelError(
             "offset 4: format version %d, this engine reads version %d" % (version, _VERSION)
         )
     if hsize != _HEADER_SIZE:
         raise ModelError("offset 6: header size %d, expected %d" % (hsize, _HEADER_SIZE))
+    if size is not None and fsize != size:
+        raise ModelError("offset 8: size field is %d, the file has %d bytes" % (fsize, size))
     if n_layers < 1:
         raise ModelError("offset 12: model has no layers")
     if in_lo > in_hi:
         raise ModelError("offset 20: input range [%d, %d] is empty" % (in_lo, in_hi))
-    out_scale = struct.unpack("<f", h[28:32])[0]
-    r.skip(8 * n_inputs, "input table")
+    if in_lo <= -_SMALL or in_hi >= _SMALL:
+        raise ModelError("offset 20: input range [%d, %d] reaches 2**30" % (in_lo, in_hi))
+    if not 0 < out_bits < _F32_INF:
+        raise ModelError("offset 28: output scale 0x%08x is not a positive finite float32"
+                         % out_bits)
+    if reserved:
+        raise ModelError("offset 36: reserved field is %d, expected 0" % reserved)
+    return fsize
+
+
+def _read(f, kernel, keep):
+    # Parse and check a whole model stream; returns the Net and each layer's
+    # weight offset (for streaming and zero-copy use).
+    r = _Reader(f, _file_size(f))
+    h = r.fill(bytearray(_HEADER_SIZE), "header")
+    fsize = _check_header(h, r.size)
+    n_layers, n_inputs, n_outputs, width, in_lo, in_hi = struct.unpack("<HHHHii", h[12:28])
+    out_bits = struct.unpack("<I", h[28:32])[0]
+    r.need(4 * n_inputs, "input table")
+    for i in range(n_inputs):
+        bits = r.u32("input table")
+        if not 0 < bits < _F32_INF:
+            raise ModelError("offset %d: input scale %d is 0x%08x, not a positive finite float32"
+                             % (r.pos - 4, i, bits))
+    r.skip(4 * n_inputs, "input table")
     sx = 32 if _word_bits() == 64 else 0
     layers = []
     n_in = n_inputs
+    widest = n_inputs
     x_max = max(-in_lo, in_hi)
     x_lo = in_lo
     for i in range(n_layers):
         # viper sign-extends inputs only where they can be negative
-        q, w, w_pos, wsize, relu = _read_layer(
-            r, i, n_in, x_max, fsize, keep, sx, sx if x_lo < 0 else 0
+        q, w, w_pos, wsize, relu, last_bits = _read_layer(
+            r, i, n_in, x_max, keep, sx, sx if x_lo < 0 else 0
         )
         x_max = max(-q[2], q[3])
         x_lo = q[2]
@@ -518,8 +658,14 @@ def _read(f, kernel, keep):
         layer.w_pos = w_pos
         layers.append(layer)
         n_in = layer.n_out
+        widest = max(widest, n_in)
     if n_in != n_outputs:
         raise ModelError("offset 16: header says %d outputs, last layer has %d" % (n_outputs, n_in))
+    if width != widest:
+        raise ModelError("offset 18: widest layer field is %d, expected %d" % (width, widest))
+    if out_bits != last_bits:
+        raise ModelError("offset 28: output scale 0x%08x differs from the last layer's 0x%08x"
+                         % (out_bits, last_bits))
     crc = r.crc & 0xFFFFFFFF
     at = r.pos
     tail = bytearray(4)
@@ -531,11 +677,11 @@ def _read(f, kernel, keep):
         raise ModelError(
             "offset %d: CRC mismatch, stored 0x%08x, computed 0x%08x" % (at, stored, crc)
         )
-    if at + 4 != fsize:
+    if r.size is None and at + 4 != fsize:  # a stream that cannot seek: the size field
         raise ModelError("offset 8: size field is %d, model ends at %d" % (fsize, at + 4))
     if f.read(1):
         raise ModelError("offset %d: unexpected data after the CRC" % (at + 4))
-    return Net(layers, in_lo, in_hi, out_scale, kernel)
+    return Net(layers, in_lo, in_hi, struct.unpack("<f", h[28:32])[0], kernel)
 
 
 def _word_bits():

@@ -205,19 +205,22 @@ def linear_native(x, w, q, y):
 
 
 @micropython.viper
-def prep(x, xq: ptr32, b: ptr32):
-    # xq = x (any int sequence) clamped to [b[1], b[2]]; b = n, lo, hi, sx, ...
-    sx = b[3]
-    lo = (b[1] << sx) >> sx
-    hi = (b[2] << sx) >> sx
+def prep(x, xq: ptr32, b: ptr32, lim):
+    # xq = x clamped to lim = [lo, hi] (objects), b = n, lo, hi, ...: compared as
+    # objects, so an int past the machine word clamps right (int() alone would
+    # keep its low word); only values in range are converted.
+    lo_o = lim[0]
+    hi_o = lim[1]
     n = b[0]
     i = 0
     while i < n:
-        v = int(x[i])
-        if v < lo:
-            v = lo
-        elif v > hi:
-            v = hi
+        xo = x[i]
+        if xo < lo_o:
+            v = b[1]
+        elif xo > hi_o:
+            v = b[2]
+        else:
+            v = int(xo)
         xq[i] = v
         i += 1
 
@@ -231,3 +234,20 @@ def copy(y: ptr32, out, b: ptr32):
     while i < n:
         out[i] = (y[i] << sx) >> sx
         i += 1
+
+
+@micropython.viper
+def argmax(y: ptr32, b: ptr32) -> int:
+    # index of the largest of the b[4] outputs (the first on a tie), sign-extended by b[5]
+    sx = b[5]
+    n = b[4]
+    best = 0
+    top = (y[0] << sx) >> sx
+    i = 1
+    while i < n:
+        v = (y[i] << sx) >> sx
+        if v > top:
+            top = v
+            best = i
+        i += 1
+    return best

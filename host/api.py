@@ -139,7 +139,7 @@ def export(model, calib=None, out: str | Path | None = "out", *, input_mean=None
            weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
            per_tensor: bool = False, module: str | None = None, module_args=None,
            arch=None, trust_pickle: bool = False, name: str = "model",
-           mpy: bool = True) -> Exported:
+           mpy: bool = True, max_size_mb: float | None = None) -> Exported:
     """Export any accepted model form to fixed point; writes out/model.mlp (+ module
     forms) unless out is None. The keyword options are the CLI's."""
     mean = None if input_mean is None else np.atleast_1d(np.asarray(input_mean, np.float64))
@@ -149,7 +149,8 @@ def export(model, calib=None, out: str | Path | None = "out", *, input_mean=None
     opts = quant_options(weight_bits, act_bits, out_bits, per_tensor, input_range, input_bits)
     res: ExportResult = export_model(model, out, calib, opts, mean, std, module=module,
                                      module_args=module_args, arch=arch,
-                                     trust_pickle=trust_pickle, name=name, mpy=mpy)
+                                     trust_pickle=trust_pickle, name=name, mpy=mpy,
+                                     max_size_mb=max_size_mb)
     return Exported(res.model, res.paths, res.source)
 
 

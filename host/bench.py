@@ -316,6 +316,8 @@ def min_heap(model_path: Path, model: QuantModel, form: str) -> int:
         engine = vms.engine_source()
         if form.startswith("tiny"):
             engine = engine.with_name("micromlp_tiny.py")
+            for f in vms.tiny_loader_files():  # run as source by the engine
+                shutil.copy(f, tmp / f.name)
         mpy_cross(engine, tmp / "micromlp.mpy")
         shutil.copy(model_path, tmp / "model.mlp")
         if form in ("py", "mpy", "tiny-mpy"):

@@ -108,7 +108,8 @@ def do_export(args: argparse.Namespace) -> int:
         raise CLIError(f"{out}: exists and is not a folder (-o names the output folder)")
     exp = export(args.model, args.calib, out, input_mean=mean, input_std=std,
                  module=args.module, module_args=args.module_args, arch=args.arch,
-                 trust_pickle=args.trust_pickle, **_quant_kwargs(args))
+                 trust_pickle=args.trust_pickle, max_size_mb=args.max_size,
+                 **_quant_kwargs(args))
     if args.json:
         from ..export.report import layer_rows
 
@@ -365,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs are raw integers in [LO, HI], fed to the board as they are")
     p.add_argument("--input-bits", type=int,
                    help="inputs are raw unsigned N-bit integers (e.g. 12 for a 12-bit ADC)")
+    p.add_argument("--max-size", type=float, metavar="MB",
+                   help="refuse a model whose file would be larger (default 16 MB, the "
+                   "largest board flash; more for a model streamed from an SD card)")
     _add_quant_args(p)
     p.set_defaults(func=do_export)
 

@@ -275,7 +275,10 @@ def engine_files(p: Plan) -> dict[str, bytes]:
     src = vms.engine_source()
     if p.engine == "tiny":
         tiny = src.with_name("micromlp_tiny.py").read_text()
-        return {"micromlp.py": minify(tiny).encode()}
+        files = {"micromlp.py": minify(tiny).encode()}
+        for f in vms.tiny_loader_files():
+            files[f.name] = minify(f.read_text()).encode()
+        return files
     files = {}
     parts = [src] + ([src.with_name("micromlp_viper.py")] if p.viper else [])
     for part in parts:
@@ -324,8 +327,8 @@ def _vectors(model: QuantModel, n: int) -> tuple[list[list[int]], list[list[int]
 
 
 # The self-test: the vectors go over as a file (int32: inputs, then expected
-# outputs, per vector) and one snippet does the rest. It is parsed before the
-# model is loaded, while a small board still has the heap to compile it.
+# outputs, per vector) and one snippet does the rest, compiled once the model is
+# loaded (loading, which checks the file on the board, needs the larger peak).
 _ST_LOAD = """import gc
 gc.collect()
 net = micromlp.load('model.mlp'{opts})
@@ -391,11 +394,11 @@ def self_test(t, model: QuantModel, p: Plan, board: Board, vectors: int = 3,
     write_file(t, "mlp_test.bin", np.array(rows, dtype="<i4").tobytes(), board)
     _exec(t, "f = w = v = m = vp = n = None\nimport gc\ngc.collect()", "freeing memory")
     _exec(t, "import micromlp", "importing the engine")  # compiled alone: its peak is the largest
-    # the check is compiled before the model takes its share of the heap, and
-    # dropped before the timing is compiled: a micro:bit has room for one at a time
-    _exec(t, _ST_CHECK, "compiling the self-test")
+    # load() compiles and checks the file on a small board (its peak comes next), then the
+    # check is compiled, and dropped before the timing is: a micro:bit has room for one
     opts = ", stream=True" if p.stream else ""
     free = int(_line(_exec(t, _ST_LOAD.format(opts=opts), "loading the model"), "FREE")[0])
+    _exec(t, _ST_CHECK, "compiling the self-test")
     passed = int(_line(_exec(t, f"_mlp_check({len(xs)})", "the self-test"), "MATCH")[0])
     try:
         _exec(t, "del _mlp_check, _mlp_i32\ngc.collect()", "freeing the check")
@@ -452,7 +455,8 @@ def deploy(
         files["model.mlp"] = mlp.read_bytes()
         if main:
             files["main.py"] = vms.engine_source().with_name("main.py").read_bytes()
-        stale = {"micromlp.py", "micromlp.mpy", "micromlp_viper.py"} - set(files)
+        stale = {"micromlp.py", "micromlp.mpy", "micromlp_viper.py", "micromlp_tiny_load.py",
+                 "micromlp_tiny_fill.py", "micromlp_tiny_run.py"} - set(files)
         # a stale .py would shadow a new .mpy
         remove = "import os\nfor n in " + repr(sorted(stale))
         _exec(

@@ -30,15 +30,22 @@ def engine_source() -> Path:
     return Path(engine.__file__)
 
 
+def tiny_loader_files() -> list[Path]:
+    """The tiny engine's scripts (run as source, a statement at a time): next to it."""
+    src = engine_source()
+    names = ("micromlp_tiny_load.py", "micromlp_tiny_run.py", "micromlp_tiny_fill.py")
+    return [src.with_name(n) for n in names]
+
+
 def firmware_files() -> list[Path]:
     """The files that go on a board: the engine and its viper/native kernels."""
     src = engine_source()
     return [src, src.with_name("micromlp_viper.py")]
 
 
-# The driver runs on the VM: load, then run every input row under heap_lock
-# where the port has it (no allocation allowed inside run), print the outputs.
-_DRIVER = """
+# How every driver starts on the VM: the engine's folder on the path, and the
+# heap lock where the port has it.
+DRIVER_PREAMBLE = """
 import sys
 sys.path.insert(0, {dir!r})
 from array import array
@@ -47,7 +54,11 @@ try:
     lock, unlock = micropython.heap_lock, micropython.heap_unlock
 except (ImportError, AttributeError):
     lock = unlock = lambda: None
-if not {lock}:  # the tiny engine's streaming opens the model file on each run
+"""
+# The driver: load, then run every input row under heap_lock (no allocation
+# allowed inside run), print the outputs. The tiny engine's streaming opens the
+# model file on each run, so it runs unlocked.
+_DRIVER = DRIVER_PREAMBLE + """if not {lock}:
     lock = unlock = lambda: None
 try:
     import micromlp
@@ -81,6 +92,8 @@ def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False) -> None
 
     if tiny:
         shutil.copy(engine_source().with_name("micromlp_tiny.py"), workdir / "micromlp.py")
+        for f in tiny_loader_files():
+            shutil.copy(f, workdir / f.name)
         return
     for f in firmware_files():
         if not mpy:

@@ -56,8 +56,12 @@ CASES = {
         "offset 4: format version 2, this engine reads version 1",
     ),
     "truncated header": (lambda d: d[:20], "truncated at offset 0: header needs 40 bytes, got 20"),
-    "no crc": (lambda d: d[:-4], "CRC needs 4 bytes, got 0"),
-    "trailing": (lambda d: d + b"\0", "unexpected data after the CRC"),
+    "no crc": (lambda d: d[:-4], "offset 8: size field is 276, the file has 272 bytes"),
+    "trailing": (lambda d: d + b"\0", "offset 8: size field is 276, the file has 277 bytes"),
+    "trailing, size field too": (
+        lambda d: with_crc(d[:8] + struct.pack("<I", len(d) + 1) + d[12:-4]) + b"\0",
+        "offset 276: unexpected data after the CRC",
+    ),
     # layer 0's first weight: header 40 + input table 8*5 + layer header 40
     "weight flipped": (lambda d: d[:120] + bytes([d[120] ^ 0x10]) + d[121:], "CRC mismatch"),
 }
@@ -78,7 +82,8 @@ def test_every_single_byte_flip_and_truncation_is_refused_identically(small):
         assert host_error(bad) == firmware_error(bad), pos
     for cut in range(0, len(data), 3):
         msg = host_error(data[:cut])
-        assert msg.startswith("truncated at offset"), (cut, msg)
+        short = "truncated at offset 0" if cut < 40 else f"the file has {cut} bytes"
+        assert short in msg, (cut, msg)
         assert msg == firmware_error(data[:cut])
 
 
@@ -92,14 +97,15 @@ def test_soft_crc_matches_zlib(monkeypatch, small):
     assert "CRC mismatch" in firmware_error(bad)
 
 
-def test_understated_bound_is_refused_on_host(small):
+def test_understated_bound_is_refused_on_host_and_board(small):
     data = bytearray(small[2][:-4])
     # layer 0's acc_bound field: header 40 + input table 8*5, then 20 bytes into the layer header
     off = 40 + 8 * 5 + 20
     (bound,) = struct.unpack_from("<I", data, off)
     struct.pack_into("<I", data, off, bound // 2)
     msg = host_error(with_crc(bytes(data)))
-    assert "layer 0" in msg and "below the true worst case" in msg
+    assert msg.startswith("layer 0 at offset 80: channel ") and "above the recorded" in msg
+    assert msg == firmware_error(with_crc(bytes(data)))
 
 
 @pytest.mark.parametrize("vm", ["unix", "wasm"])

@@ -1,0 +1,49 @@
+# micromlp_tiny_fill: reads a model file micromlp_tiny_load.py has checked, for
+# the arrays the engine keeps. A script run like that one (a statement at a
+# time, in a namespace holding d and src, then dropped), last, so that the
+# arrays do not fragment the heap the other scripts compile in. Leaves d =
+# (n_inputs, lo, hi, layers, the model path when streaming) for the Net.
+from array import array
+
+data = None if isinstance(src, str) else src.MODEL
+f = None if data else open(src, "rb")
+p = 0  # the offset read up to
+
+
+def get(k):  # the next k bytes
+    global p
+    p += k
+    return data[p - k:p] if data else f.read(k)
+
+
+def layer(i, end):  # -> layer i as the Net takes it; where its weights end
+    ni, no, fl, lo, hi, lm, ls = d[3][7 * i:7 * i + 7]
+    get(40)
+    k0 = p
+    skip = k0 - end
+    if d[4] or data:  # weights stay in the file (a row buffer) or in MODEL
+        w = data or bytearray(ni)
+        for _ in range(no):
+            get(ni)
+    else:
+        w = get(ni * no)
+        k0 = 0
+    end = p
+    get(-(ni * no) & 3)
+    b = array("i", get(4 * no)) if fl & 1 else None
+    m = array("i", get(4 * no))
+    s = get((no + 3) & ~3)
+    get(4 * no)
+    lf = -((1 << 30) // lm - 1) if lm else 0  # LeakyReLU floor: keeps lm * a < 2**30
+    return (ni, no, w, b, m, s, lo, hi, [0] * no, skip, k0, lm, ls, lf), end
+
+
+get(40 + 8 * d[0])
+layers = []
+end = 0
+for i in range(len(d[3]) // 7):
+    lay, end = layer(i, end)
+    layers.append(lay)
+if f:
+    f.close()
+d = (d[0], d[1], d[2], layers, d[4])
