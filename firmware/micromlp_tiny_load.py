@@ -83,7 +83,7 @@ ver, hs, fs, nl, n, n_out, wd, lo, hi, osc, _, res = struct.unpack("<HHIHHHHiiIf
 ck(h[:4] == b"MMLP" and ver == 1 and hs == 40, 0, "header")
 ck(fs == size, 8, "size")
 ck(nl > 0 and -B < lo <= hi < B and 0 < osc < INF and not res, 12, "header")
-ck(48 + 8 * n <= size, 14, "input count")
+ck(48 + 8 * n + 56 * nl <= size, 12, "counts")  # each layer record has 56 bytes or more
 for _ in range(n):
     ck(0 < struct.unpack("<I", get(4))[0] < INF, pos - 4, "input scale")
 get(4 * n)

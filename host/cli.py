@@ -8,6 +8,7 @@ Commands:
   verify    PyTorch vs reference vs every VM: bit-exactness, accuracy, error bound
   bench     speed, fuel, allocation and RAM on the VMs, against a float baseline
   deploy    copy the engine and a model to a board, then self-test it there
+  fuzz      mutated model files through every loader: refused by name, or bit-exact
   demo      train -> export -> verify on a bundled dataset (the README's main job)
 """
 
@@ -198,6 +199,29 @@ def do_verify(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 1
 
 
+def do_fuzz(args: argparse.Namespace) -> int:
+    from .fuzz import campaign
+
+    if args.mutations < 1 or args.batch < 1:
+        raise CLIError("--mutations and --batch must be at least 1")
+    log = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    rep = campaign(args.mutations, seed=args.seed, batch=args.batch, log=log)
+    if args.findings:
+        out = Path(args.findings)
+        out.mkdir(parents=True, exist_ok=True)
+        for i, f in enumerate(rep.findings):
+            (out / f"{i:04d}-{f.base}-{f.loader}.mlp").write_bytes(f.data)
+    if args.json:
+        print(json.dumps({
+            "files": rep.files, "seed": args.seed,
+            "counts": {f"{ld} {k}": n for (ld, k), n in sorted(rep.counts.items())},
+            "findings": [{"base": f.base, "mutation": f.mutation, "loader": f.loader,
+                          "problem": f.problem} for f in rep.findings]}, indent=2))
+    else:
+        print(rep)
+    return 1 if rep.findings else 0
+
+
 def do_deploy(args: argparse.Namespace) -> int:
     from .deploy import deploy
 
@@ -235,6 +259,7 @@ def do_bench(args: argparse.Namespace) -> int:
             )
         return 0
 
+    from ..export import modelfile
     from .bench import bench, format_report, synthetic_model
     from .verify import load_data
 
@@ -245,6 +270,16 @@ def do_bench(args: argparse.Namespace) -> int:
         models.append(synthetic_model(sizes, Path(tmp.name)))
     if not models:
         raise CLIError("give a model file or --synthetic SIZES")
+    if args.load_cost:
+        from .loadcost import format_costs, load_costs
+
+        for path in models:
+            m = modelfile.load(path)
+            shape = "-".join(str(v) for v in [m.n_inputs] + [ly.n_out for ly in m.layers])
+            weights = sum(ly.n_in * ly.n_out for ly in m.layers)
+            print(f"{path} ({shape}):\n" + format_costs(load_costs(path, args.rounds), weights))
+        tmp.cleanup()
+        return 0
     data = load_data(args.data)[0] if args.data else None
     reports = []
     for path in models:
@@ -423,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rounds", type=int, default=7, help="timing rounds (median is reported)")
     p.add_argument("--no-heap", action="store_true", help="skip the smallest-heap search")
+    p.add_argument("--load-cost", action="store_true",
+                   help="instead: what loading (with every check) costs, against an inference")
     p.add_argument("--json", action="store_true")
     p.add_argument("--markdown", help="also write the tables to this Markdown file")
     p.add_argument("--port", help="instead: bench the model deployed on this board")
@@ -438,6 +475,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--main", action="store_true", help="also install the example main.py")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=do_deploy)
+
+    p = sub.add_parser("fuzz", help="mutated model files through every loader and VM")
+    p.add_argument("-n", "--mutations", type=int, default=2000,
+                   help="CRC-valid mutated files, each through every loader (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=500, help="files per VM process")
+    p.add_argument("--findings", metavar="DIR", help="write each file a loader got wrong here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=do_fuzz)
 
     p = sub.add_parser("demo", help="train -> export -> verify on a bundled dataset")
     p.add_argument("--dataset", choices=NAMES, default="digits")
