@@ -50,8 +50,12 @@ class KernelRun:
     fuel_per_mac: float | None = None
     float_fuel: float | None = None
     fuel_ratio: float | None = None  # engine fuel / float fuel
-    alloc: float | None = None  # bytes allocated per inference
+    alloc: float | None = None  # bytes allocated per inference (net of frees)
     float_alloc: float | None = None
+    # whether an inference takes any heap block at all, even one freed at once (a
+    # bytecode frame): seen as a collection under gc.threshold(1)
+    heap_block: bool | None = None
+    float_heap_block: bool | None = None
 
 
 @dataclass
@@ -172,7 +176,20 @@ ni = max(1, 30000 // max(1, t_int(1)))
 nf = max(1, 30000 // max(1, t_float(1)))
 for r in range({rounds}):
     print('T', t_int(ni) / ni, t_float(nf) / nf)
+def blocks(f):
+    # with gc.threshold(1) any allocation collects, and the garbage made first is
+    # freed, so mem_free grows: a block taken and freed at once still shows
+    gc.collect()
+    for i in range(50):
+        [i] * 10
+    gc.threshold(1)
+    a = gc.mem_free()
+    f(1)
+    b = gc.mem_free()
+    gc.threshold(-1)
+    return 1 if b > a else 0
 print('A', alloc(t_int, 20) / 20, alloc(t_float, 2) / 2)
+print('B', blocks(t_int), blocks(t_float))
 """
 
 _FUEL = """
@@ -255,6 +272,8 @@ def _unix_timing(
             t_float.append(float(f[2]))
         elif f[0] == "A":
             run.alloc, run.float_alloc = float(f[1]), float(f[2])
+        elif f[0] == "B":
+            run.heap_block, run.float_heap_block = f[1] == "1", f[2] == "1"
     run.us, run.us_min, run.us_max = statistics.median(t_int), min(t_int), max(t_int)
     run.float_us = statistics.median(t_float)
     # best round against best round: the round least disturbed by other load on a
@@ -419,6 +438,7 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
         "fuel ratio",
         "B alloc/inf",
         "float B alloc/inf",
+        "heap block/inf",
     ]
     rows = []
     for r in rep.runs:
@@ -439,6 +459,7 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
                 else f"{r.fuel_ratio:.2f} ({1 / r.fuel_ratio:.1f}x less)",
                 _fmt(r.alloc, ".0f"),
                 _fmt(r.float_alloc, ".0f"),
+                "-" if r.heap_block is None else ("yes" if r.heap_block else "none"),
             ]
         )
     title = f"model {rep.layers} ({rep.macs} multiply-adds): {rep.model}"

@@ -273,11 +273,19 @@ def do_bench(args: argparse.Namespace) -> int:
     if args.load_cost:
         from .loadcost import format_costs, load_costs
 
+        parts = []
         for path in models:
             m = modelfile.load(path)
             shape = "-".join(str(v) for v in [m.n_inputs] + [ly.n_out for ly in m.layers])
             weights = sum(ly.n_in * ly.n_out for ly in m.layers)
-            print(f"{path} ({shape}):\n" + format_costs(load_costs(path, args.rounds), weights))
+            parts.append(f"### {shape} ({weights} weights): {path}\n\n"
+                         + format_costs(load_costs(path, args.rounds), weights) + "\n")
+            print(parts[-1])
+        if args.markdown:  # appended: this section follows the speed tables
+            cmd = "micromlp " + " ".join(sys.argv[1:])
+            with open(args.markdown, "a") as f:
+                f.write(LOAD_COST_HEADER.format(cmd=cmd) + "\n".join(parts))
+            print(f"appended to {args.markdown}")
         tmp.cleanup()
         return 0
     data = load_data(args.data)[0] if args.data else None
@@ -316,9 +324,33 @@ the range over the rounds, and *speedup* is best round against best round (the r
 least disturbed by other load). Quote the ratios rather than the absolute figures.
 Fuel is wasmtime's count of executed WebAssembly instructions on the 32-bit
 WASI MicroPython: deterministic, it does not drift with machine load. Allocation is
-`gc.mem_alloc()` growth per inference with the collector paused. The smallest heap is
+`gc.mem_alloc()` growth per inference with the collector paused, which nets out a block
+freed at once; *heap block/inf* catches those too: with `gc.threshold(1)` any allocation
+runs a collection, which frees garbage made just before ("none": no block at all, not
+even a bytecode frame). The smallest heap is
 found by bisection over `micropython -X heapsize=N` on the unix port, whose objects are
 64-bit: a 32-bit board needs less.
+
+"""
+
+
+LOAD_COST_HEADER = """
+## What a load costs
+
+Produced by:
+
+```
+{cmd}
+```
+
+Every loader checks the whole file on the board: each field, the sizes against the
+real file size, and the 2\\*\\*30 proof recomputed from the weights (one pass over every
+weight). *load* is one `micromlp.load()` of the file; *a load is* compares its fuel
+with one inference's. The tiny engine's first load compiles its loader scripts on the
+board (on WASI most of that fuel is the byte-by-byte `readline` of the scripts through
+WASI calls); *again* is a later load, where the port has `compile()` and room to keep
+the compiled statements (a micro:bit has neither: each load compiles them). On the
+emulated micro:bit, which does not model time, what counts is RAM: see the README.
 
 """
 

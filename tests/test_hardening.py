@@ -268,3 +268,19 @@ def test_the_shift_limit_is_the_same_in_the_doc_and_every_loader(bases, shift, o
 def test_fixed_and_reserved_fields_are_checked(bases, name, value, want):
     data = fuzz.put(bases["relu8"], field(bases["relu8"], name), value)
     assert_refused_everywhere(data, want)
+
+
+def test_bench_reports_no_heap_block_per_inference(bases, tmp_path):
+    # the benchmark's own figure: "0 B per inference" was net of frees and hid a frame
+    # allocated and freed per call; the float baseline (which allocates) shows the
+    # measure can see a block
+    from micromlp.host.bench import bench
+
+    path = tmp_path / "m.mlp"
+    path.write_bytes(bases["relu8"])
+    rep = bench(path, rounds=1, heap=False, progress=False)
+    unix = [r for r in rep.runs if r.vm == "unix"]
+    assert len(unix) >= 5
+    for r in unix:
+        assert r.heap_block is False and r.alloc == 0, r
+        assert r.float_heap_block is True, r
