@@ -14,6 +14,39 @@ ACT_NAMES = {ACT_NONE: "none", ACT_RELU: "relu", ACT_CLAMP: "clamp", ACT_LEAKY: 
 SLOPE_LIMIT = 1 << 13  # slope_mult < SLOPE_LIMIT
 
 
+def _mantissas(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """|v| (float32, finite, nonzero) as m * 2**e with 2**23 <= m < 2**24, as int64."""
+    frac, exp = np.frexp(np.abs(v).astype(np.float64))  # exact for float32 values
+    return (frac * (1 << 24)).astype(np.int64), exp.astype(np.int64) - 24
+
+
+def quantize_floats(x, scale, zero, lo: int, hi: int) -> np.ndarray:
+    """The input quantization of the format, exactly (docs/format.md): float32 x [..., n]
+    -> clamp(floor(x / scale + 1/2) + zero, lo, hi) on the exact rational x / scale."""
+    x = np.asarray(x, dtype=np.float32)
+    if np.isnan(x).any():
+        idx = np.argwhere(np.isnan(x))[0]
+        raise ValueError(f"input {tuple(int(i) for i in idx)} is NaN: no integer stands for it")
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float32), x.shape)
+    zero = np.broadcast_to(np.asarray(zero, dtype=np.int64), x.shape)
+    neg = x < 0
+    finite = np.isfinite(x) & (x != 0)
+    mx, ex = _mantissas(np.where(finite, x, 1))
+    ms, es = _mantissas(scale)
+    d = ex - es  # x / s = (mx / ms) * 2**d, and mx / ms is in (1/2, 2)
+    # |x / s| < 1/2 (d <= -2) rounds to 0; |x / s| > 2**31 (d >= 31) clamps
+    dd = np.clip(d, -1, 30) + 1
+    num = mx << dd  # mx * 2**(d + 1) over 2 * ms: floor(x/s + 1/2) = floor((num +- ms) / 2ms)
+    pos_q = (num + ms) // (2 * ms)
+    neg_q = (ms - num) // (2 * ms)
+    q = np.where(neg, neg_q, pos_q)
+    q = np.where(d <= -2, 0, q)
+    big = (d >= 31) | np.isinf(x)
+    q = np.where(big, np.where(neg, -(1 << 40), 1 << 40), q)
+    q = np.where(finite | np.isinf(x), q, 0)  # zeros
+    return np.clip(q + zero, lo, hi).astype(np.int64)
+
+
 def leaky_floor(slope_mult: int) -> int:
     """Below this a negative value is clamped before the slope multiplies it, so that
     the product stays below 2**30 (docs/format.md)."""
@@ -117,10 +150,14 @@ class QuantModel:
         return max([self.n_inputs] + [layer.n_out for layer in self.layers])
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        """Float inputs [..., n_inputs] to the clamped input integers the board takes."""
-        x = np.asarray(x, dtype=np.float64)
-        q = np.floor(x / self.in_scale.astype(np.float64) + 0.5) + self.in_zero
-        return np.clip(q, self.in_lo, self.in_hi).astype(np.int64)
+        """Float inputs [..., n_inputs] to the clamped input integers the board takes.
+
+        Exactly as the board's net.quantize: each value is taken as a float32, and
+        q = clamp(floor(x / scale + 1/2) + zero, in_lo, in_hi) is computed on the exact
+        rational x / scale (no float rounding: ties round up, identically everywhere);
+        +-inf clamp, NaN is refused.
+        """
+        return quantize_floats(x, self.in_scale, self.in_zero, self.in_lo, self.in_hi)
 
     def dequantize_output(self, y: np.ndarray) -> np.ndarray:
         return np.asarray(y, dtype=np.float64) * float(self.out_scale)

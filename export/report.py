@@ -89,3 +89,29 @@ def layer_table(model: QuantModel) -> str:
         f"({p_nob} without bias); every intermediate value < 2^30 (proven)"
     )
     return "\n".join(lines)
+
+
+def input_rows(model: QuantModel) -> list[dict]:
+    """Each input feature's mapping from the float a sensor gives to the int the engine
+    takes: q = clamp(round_half_up(x / scale) + zero, in_lo, in_hi), and the real range
+    the ints cover."""
+    rows = []
+    for i, (s, z) in enumerate(zip(model.in_scale.tolist(), model.in_zero.tolist(),
+                                   strict=True)):
+        rows.append({"feature": i, "scale": s, "zero": int(z),
+                     "real_range": [(model.in_lo - z) * s, (model.in_hi - z) * s]})
+    return rows
+
+
+def input_table(model: QuantModel, limit: int = 16) -> str:
+    """The input mapping as aligned text (the first `limit` features of a wide model)."""
+    rows = input_rows(model)
+    lines = [f"inputs: q = clamp(floor(x / scale + 1/2) + zero, {model.in_lo}, {model.in_hi})",
+             f"{'feature':>7}  {'scale':>11}  {'zero':>6}  real range covered"]
+    for r in rows[:limit]:
+        lo, hi = r["real_range"]
+        lines.append(f"{r['feature']:>7}  {r['scale']:>11.5g}  {r['zero']:>6}  "
+                     f"[{lo:.5g}, {hi:.5g}]")
+    if len(rows) > limit:
+        lines.append(f"    ... {len(rows) - limit} more features (--json lists them all)")
+    return "\n".join(lines)

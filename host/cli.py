@@ -8,6 +8,7 @@ Commands:
   verify    PyTorch vs reference vs every VM: bit-exactness, accuracy, error bound
   bench     speed, fuel, allocation and RAM on the VMs, against a float baseline
   deploy    copy the engine and a model to a board, then self-test it there
+  board     start an emulated board (serial or micro:bit) to deploy and bench on
   fuzz      mutated model files through every loader: refused by name, or bit-exact
   demo      train -> export -> verify on a bundled dataset (the README's main job)
 """
@@ -125,7 +126,7 @@ def do_export(args: argparse.Namespace) -> int:
 
 def do_inspect(args: argparse.Namespace) -> int:
     from ..export import modelfile
-    from ..export.report import layer_rows, layer_table
+    from ..export.report import input_rows, input_table, layer_rows, layer_table
 
     model = modelfile.load(args.model)
     if args.json:
@@ -139,6 +140,7 @@ def do_inspect(args: argparse.Namespace) -> int:
                     "out_scale": model.out_scale,
                     "error_bound": model.error_bound,
                     "layers": layer_rows(model),
+                    "inputs": input_rows(model),
                 },
                 indent=2,
             )
@@ -149,6 +151,7 @@ def do_inspect(args: argparse.Namespace) -> int:
             f"{Path(args.model).stat().st_size} bytes, CRC ok"
         )
         print(layer_table(model))
+        print(input_table(model))
         print(f"PyTorch agreement bound: {model.error_bound:.4g} per output")
     return 0
 
@@ -197,6 +200,26 @@ def do_verify(args: argparse.Namespace) -> int:
                  args.max_drop / 100, args.min_agreement / 100, args.label_column)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else format_report(rep))
     return 0 if rep.ok else 1
+
+
+def do_board(args: argparse.Namespace) -> int:
+    from .boards import BoardError, emulate
+
+    try:
+        board = emulate(args.emulate, args.files)
+    except BoardError as e:
+        raise CLIError(str(e)) from None
+    print(board.describe(), flush=True)
+    print(f"PORT {board.port}", flush=True)  # one line a script can read
+    print("Ctrl-C stops it.", flush=True)
+    try:
+        code = board.proc.wait()
+        print(f"the emulator exited (status {code})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        board.stop()
 
 
 def do_fuzz(args: argparse.Namespace) -> int:
@@ -507,6 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--main", action="store_true", help="also install the example main.py")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=do_deploy)
+
+    p = sub.add_parser("board", help="start an emulated board to deploy and bench on")
+    p.add_argument("--emulate", required=True, choices=("serial", "microbit"),
+                   help="serial: the MicroPython unix port behind a pty (socat); microbit: "
+                   "a BBC micro:bit v1 in QEMU (Debian's MicroPython 1.9.2)")
+    p.add_argument("--files", metavar="DIR", help="serial: where copied files land "
+                   "(default: a temporary folder)")
+    p.set_defaults(func=do_board)
 
     p = sub.add_parser("fuzz", help="mutated model files through every loader and VM")
     p.add_argument("-n", "--mutations", type=int, default=2000,

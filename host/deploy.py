@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -513,69 +512,3 @@ def bench(n):
     print('DEVBENCH', t / n, free, a / n)
 bench({n})
 """
-
-
-def start_socat_board(workdir: Path, link: Path) -> subprocess.Popen:
-    """The unix-port MicroPython behind a pty (an emulated serial board), for tests."""
-    import shutil
-    import time
-
-    socat = shutil.which("socat")
-    if socat is None:
-        raise DeployError("socat is not installed (apt-get install socat)")
-    proc = subprocess.Popen(
-        [socat, f"PTY,link={link},raw,echo=0", f"EXEC:{vms.unix_exe()},pty,raw,echo=0"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    for _ in range(100):
-        if link.exists():
-            return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise DeployError(f"socat did not create {link}")
-
-
-QEMU_FIRMWARE = Path("/usr/share/firmware-microbit-micropython/firmware.hex")
-
-
-def start_qemu_microbit() -> tuple[subprocess.Popen, str]:
-    """A BBC micro:bit v1 (MicroPython 1.9.2) in QEMU on a pty, for tests: (process, port)."""
-    import re
-    import shutil
-    import time
-
-    qemu = shutil.which("qemu-system-arm")
-    if qemu is None or not QEMU_FIRMWARE.exists():
-        raise DeployError(
-            "qemu-system-arm and firmware-microbit-micropython are needed "
-            "(apt-get install qemu-system-arm firmware-microbit-micropython)"
-        )
-    proc = subprocess.Popen(
-        [
-            qemu,
-            "-M",
-            "microbit",
-            "-device",
-            f"loader,file={QEMU_FIRMWARE}",
-            "-nographic",
-            "-monitor",
-            "none",
-            "-serial",
-            "pty",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 20
-    line = ""
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        m = re.search(r"(/dev/pts/\d+)", line)
-        if m:
-            time.sleep(1.0)  # let the firmware boot to its REPL
-            return proc, m.group(1)
-    proc.kill()
-    raise DeployError(f"QEMU did not report its serial pty: {line.strip()}")

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 from micromlp.export.exporter import export_checkpoint
+from micromlp.host import boards
 from micromlp.host import deploy as dp
 from micromlp.host.train import train
 
@@ -23,21 +24,16 @@ def iris(tmp_path_factory):
 
 @pytest.fixture
 def socat_board(tmp_path):
-    board = tmp_path / "board"
-    board.mkdir()
-    link = tmp_path / "ttyV0"
-    proc = dp.start_socat_board(board, link)
-    yield str(link), board
-    proc.kill()
-    proc.wait()
+    board = boards.emulate("serial", tmp_path / "board")
+    yield board.port, board.files
+    board.stop()
 
 
 @pytest.fixture
 def microbit():
-    proc, port = dp.start_qemu_microbit()
-    yield port
-    proc.kill()
-    proc.wait()
+    board = boards.emulate("microbit")
+    yield board.port
+    board.stop()
 
 
 def cli(*args):
@@ -134,3 +130,66 @@ def test_old_firmware_is_refused():
 
     with pytest.raises(dp.DeployError, match=r"MicroPython 1.8.7 is too old .* needs 1.9"):
         dp.plan(board, None, None, None)
+
+
+@pytest.mark.parametrize("kind", ["serial", "microbit"])
+def test_board_command_starts_an_emulator_and_stops_on_ctrl_c(kind):
+    import signal
+
+    p = subprocess.Popen([shutil.which("micromlp"), "board", "--emulate", kind],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in p.stdout:
+            lines.append(line)
+            if line.startswith("PORT "):
+                break
+        port = lines[-1].split()[1]
+        assert f"--port {port}" in "".join(lines)
+        r = subprocess.run(["mpremote", "connect", port, "resume", "exec", "print(6 * 7)"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.stdout.strip() == "42", r.stdout + r.stderr
+        p.send_signal(signal.SIGINT)
+        assert p.wait(20) == 0, p.stderr.read()
+        assert "Traceback" not in p.stderr.read()
+    finally:
+        p.kill()
+    if kind == "serial":
+        assert not __import__("os").path.exists(port)  # its folder is gone
+
+
+def test_mip_installs_the_engine_into_a_serial_board(digits):
+    # the package follows micropython-lib's layout: firmware/package.json, relative urls
+    import json as _json
+
+    from micromlp.firmware import micromlp as engine
+    from micromlp.host import vms
+
+    pkg_path = vms.engine_source().with_name("package.json")
+    pkg = _json.loads(pkg_path.read_text())
+    assert pkg["version"] == engine.VERSION
+    assert [u[0] for u in pkg["urls"]] == [f.name for f in vms.firmware_files()]
+    tiny = _json.loads(pkg_path.with_name("package-tiny.json").read_text())
+    assert {u[1] for u in tiny["urls"]} == {"micromlp_tiny.py"} | {
+        f.name for f in vms.tiny_loader_files()}
+    _, ex = digits
+    board = boards.emulate("serial")
+    try:
+        r = subprocess.run(["mpremote", "connect", board.port, "resume", "mip", "install",
+                            str(pkg_path)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        lib = board.files / ".micropython" / "lib"
+        assert sorted(p.name for p in lib.iterdir()) == ["micromlp.py", "micromlp_viper.py"]
+        shutil.copy(ex.paths["mlp"], board.files / "model.mlp")
+        x = [0] * 64
+        code = ("import micromlp; net = micromlp.load('model.mlp'); "
+                f"print(micromlp.__file__, list(net.run({x})))")
+        r = subprocess.run(["mpremote", "connect", board.port, "resume", "exec", code],
+                           capture_output=True, text=True, timeout=60)
+        where, out = r.stdout.strip().split(" ", 1)
+        assert where.endswith(".micropython/lib/micromlp.py"), r.stdout + r.stderr
+        from micromlp.host import reference
+
+        assert eval(out) == reference.run(ex.model, [x]).out[0].tolist()
+    finally:
+        board.stop()
