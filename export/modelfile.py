@@ -30,6 +30,9 @@ HEADER_SIZE = 40
 LAYER_HEADER_SIZE = 40
 FLAG_BIAS = 1
 FLAG_FOLDED = 2  # the bias came from folding; the source layer had none
+# inputs and each input's zero point lie closer than this to 0 and to both ends of the
+# input range: net.quantize on a 32-bit board then counts in small ints
+ZERO_REACH = 1 << 29
 _HEADER = struct.Struct("<4sHHIHHHHiiffI")
 _LAYER = struct.Struct("<IHHBBBBiiIfffHBB")
 assert _HEADER.size == HEADER_SIZE and _LAYER.size == LAYER_HEADER_SIZE
@@ -275,8 +278,8 @@ def _check_header(head: tuple, out_bits: int, real_size: int) -> None:
         raise ModelFileError("offset 12: model has no layers")
     if in_lo > in_hi:
         raise ModelFileError(f"offset 20: input range [{in_lo}, {in_hi}] is empty")
-    if in_lo <= -SMALL_INT or in_hi >= SMALL_INT:
-        raise ModelFileError(f"offset 20: input range [{in_lo}, {in_hi}] reaches 2**30")
+    if in_lo <= -ZERO_REACH or in_hi >= ZERO_REACH:
+        raise ModelFileError(f"offset 20: input range [{in_lo}, {in_hi}] reaches 2**29")
     if not positive_finite(out_bits):
         raise ModelFileError(
             f"offset 28: output scale 0x{out_bits:08x} is not a positive finite float32"
@@ -303,6 +306,13 @@ def from_bytes(data: bytes) -> QuantModel:
                 f"not a positive finite float32"
             )
     in_zero = cur.array("<i4", n_inputs, "input table")
+    for i, z in enumerate(in_zero.tolist()):
+        # net.quantize on the board counts up to the range's edges from the zero point
+        if in_hi - z >= ZERO_REACH or z - in_lo >= ZERO_REACH:
+            raise ModelFileError(
+                f"offset {HEADER_SIZE + 4 * (n_inputs + i)}: input zero point {i} is {z}, "
+                f"2**29 or more from the input range [{in_lo}, {in_hi}]"
+            )
     layers = []
     n_in = n_inputs
     x_max = max(-in_lo, in_hi)

@@ -16,7 +16,7 @@ import numpy as np
 
 from .fold import fold_input_affine
 from .layers import ExportError, FloatLayer, check, forward
-from .modelfile import accumulator_bound, running_sum_bound
+from .modelfile import ZERO_REACH, accumulator_bound, running_sum_bound
 from .qmodel import (
     ACT_CLAMP,
     ACT_LEAKY,
@@ -187,8 +187,8 @@ def quantize(
     notes: list[str] = []
     if opts.input_range is not None:
         in_lo, in_hi = (int(v) for v in opts.input_range)
-        if in_lo > in_hi or max(abs(in_lo), abs(in_hi)) >= SMALL_INT:
-            raise ExportError(f"input range [{in_lo}, {in_hi}] is empty or past 2**30")
+        if in_lo > in_hi or max(abs(in_lo), abs(in_hi)) >= ZERO_REACH:
+            raise ExportError(f"input range [{in_lo}, {in_hi}] is empty or past 2**29")
         n_in = layers[0].n_in
         in_scale, in_zero, e_in = np.ones(n_in), np.zeros(n_in, np.int64), np.zeros(n_in)
         notes += _range_warnings(calib, in_lo, in_hi)
@@ -196,6 +196,13 @@ def quantize(
         in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(
             calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(spreads[0])),
             opts.headroom)
+        far = np.flatnonzero((in_hi - in_zero >= ZERO_REACH) | (in_zero - in_lo >= ZERO_REACH))
+        if len(far):
+            i = int(far[0])
+            raise ExportError(
+                f"input feature {i}: its calibrated values [{calib[:, i].min():.6g}, "
+                f"{calib[:, i].max():.6g}] lie more than 2**29 steps of {in_scale[i]:.3g} "
+                f"from zero; center it (--input-mean/--input-std) before export")
     const = np.flatnonzero(calib.min(axis=0) == calib.max(axis=0))
     if len(const) and opts.input_range is None:
         notes.append(f"input features {_list(const)} are constant in the calibration data: "

@@ -60,6 +60,7 @@ _FLAG_BIAS = const(1)
 _FLAG_FOLDED = const(2)  # informational: the bias came from folding
 _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below this
 _F32_INF = const(0x7F800000)  # float32 bits of +inf: positive finite is 0 < bits < this
+_REACH = const(0x20000000)  # 2**29: inputs and their zero points stay this close to 0
 
 # A layer's parameters as one int32 array q, shared by every kernel:
 # q[0..14] = n_in, n_out, lo, hi, has_bias, first row, end row, weight offset,
@@ -210,6 +211,94 @@ def _argmax(y, b):
     return best
 
 
+def _quantize(fb, xq, tb, b):
+    # micromlp_viper.quantize in bytecode: the float32 bits as 16-bit halves (fb: the
+    # floats, tb: the input table), so every value stays a small int. Returns 0, or
+    # i + 1 for the first input i that is NaN.
+    n = b[0]
+    lo = b[1]
+    hi = b[2]
+    for i in range(n):
+        h = fb[2 * i + 1]
+        e = (h >> 7) & 0xFF
+        m = ((h & 0x7F) << 16) | fb[2 * i]
+        neg = h >> 15
+        j = 2 * (n + i)
+        z = ((tb[j + 1] ^ 0x8000) - 0x8000) * 65536 + tb[j]
+        q = z
+        if e == 0xFF:
+            if m:
+                return i + 1
+            q = lo if neg else hi
+        elif e or m:
+            if e:
+                m |= 0x800000
+            else:  # a denormal: normalize
+                e = 1
+                while m < 0x800000:
+                    m <<= 1
+                    e -= 1
+            h = tb[2 * i + 1]
+            se = (h >> 7) & 0xFF
+            sm = ((h & 0x7F) << 16) | tb[2 * i]
+            if se:
+                sm |= 0x800000
+            else:
+                se = 1
+                while sm < 0x800000:
+                    sm <<= 1
+                    se -= 1
+            d = e - se  # x / s = (m / sm) * 2**d, m / sm in (1/2, 2)
+            if d >= 31:
+                q = lo if neg else hi
+            elif d >= -1:
+                # long division of m * 2**(d + 1) by 2 sm, stopped once past the edge
+                t = (z - lo) if neg else (hi - z)
+                dv = sm << 1
+                a = 0
+                r = m
+                k = d + 1
+                while k > 0 and a <= t:
+                    r <<= 1
+                    a <<= 1
+                    if r >= dv:
+                        r -= dv
+                        a += 1
+                    k -= 1
+                if a > t:
+                    q = lo if neg else hi
+                elif neg:
+                    q = z - a - (1 if r > sm else 0)
+                else:
+                    q = z + a + (1 if r >= sm else 0)
+        if q < lo:
+            q = lo
+        elif q > hi:
+            q = hi
+        xq[i] = q
+    return 0
+
+
+def _halves(buf):
+    # a view of buf's bytes as little-endian uint16s, made once (no allocation after)
+    try:
+        import uctypes
+
+        n = len(buf) * (4 if isinstance(buf, array) else 1) // 2
+        layout = {"h": (uctypes.ARRAY | 0, uctypes.UINT16 | n)}
+        return uctypes.struct(uctypes.addressof(buf), layout, uctypes.LITTLE_ENDIAN).h
+    except ImportError:  # CPython
+        return memoryview(buf).cast("B").cast("H")
+
+
+def _fcopy(values, fin, n):
+    # values (a list of floats, or any sequence) into the float32 buffer
+    i = n
+    while i:
+        i -= 1
+        fin[i] = values[i]
+
+
 KERNELS = ("viper", "native", "portable")
 
 
@@ -287,9 +376,15 @@ class Net:
                 sx if in_lo < 0 else 0,
                 self.n_outputs,
                 sx if layers[-1].q[2] < 0 else 0,
+                sx,
             ],
         )
         self.plan = None
+        # floats in: the input table comes from the file (see _floats); net.inputs is
+        # made on first use (a model that takes ints never pays for it)
+        self.in_table = None
+        self._fin = None
+        self.fb = self.tb = None  # the bytecode path's 16-bit views of inputs and table
 
     def _ready(self):
         # Each layer's kernel call, gathered once its weights are in place.
@@ -361,9 +456,78 @@ class Net:
         q[5] = 0
         q[6] = n_out
 
-    def dequantize(self, out):
-        """Output ints as floats (allocates; not for the hot loop)."""
-        return [v * self.out_scale for v in out]
+    def _floats(self, table):
+        # the file's input table (n float32 scales, n int32 zero points), for quantize
+        self.in_table = table
+
+    @property
+    def inputs(self):
+        """The engine's own float32 inputs (an array('f')): fill it, then quantize it."""
+        if self._fin is None:
+            self._fin = array("f", bytes(4 * self.n_inputs))
+            if self.prep is _prep:  # no viper: read the float bits as 16-bit halves
+                self.fb = _halves(self._fin)
+                self.tb = _halves(self.in_table)
+        return self._fin
+
+    def quantize(self, values, xq=None):
+        """Floats (a list, or net.inputs: an array('f')) -> the input ints, into xq (an
+        array('i'); default the engine's own); exactly the host's quantize_input:
+        clamp(floor(x / scale + 1/2) + zero) on the exact rational, ties up, +-inf
+        clamped, NaN refused. Allocates nothing for a list or net.inputs."""
+        if len(values) != self.n_inputs:
+            raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(values)))
+        fin = self.inputs
+        if values is not fin:  # as float32, in the engine's own buffer
+            _fcopy(values, fin, self.n_inputs)
+        if xq is None:
+            xq = self.x
+        bad = self._quantize(xq)
+        if bad:
+            raise ValueError("input %d is NaN: no integer stands for it" % (bad - 1))
+        return xq
+
+    def _quantize(self, xq):
+        if self.fb is None:
+            return _fast.quantize(self._fin, xq, self.in_table, self.bounds)
+        _lock()
+        bad = _quantize(self.fb, xq, self.tb, self.bounds)
+        _unlock()
+        return bad
+
+    def predict_float(self, values):
+        """Index of the largest output for float inputs (quantize, then predict)."""
+        return self.predict(self.quantize(values))
+
+    def dequantize(self, out, buf=None):
+        """Output ints as floats, into buf (an array('f') or a list; default a new
+        list). A float is a heap object on most ports: this allocates there."""
+        if buf is None:
+            buf = [0.0] * len(out)
+        s = self.out_scale
+        for i in range(len(out)):
+            buf[i] = out[i] * s
+        return buf
+
+    def probabilities(self, out, buf=None):
+        """The softmax of the dequantized outputs (one output: its sigmoid), into buf.
+        Allocates floats where they are heap objects."""
+        from math import exp
+
+        buf = self.dequantize(out, buf)
+        n = len(out)
+        if n == 1:
+            buf[0] = 1 / (1 + exp(-buf[0]))
+            return buf
+        top = max(buf)
+        t = 0.0
+        for i in range(n):
+            v = exp(buf[i] - top)
+            buf[i] = v
+            t += v
+        for i in range(n):
+            buf[i] = buf[i] / t
+        return buf
 
     def close(self):
         """Close the model file of a streaming net."""
@@ -598,6 +762,29 @@ def _file_size(f):
         return None
 
 
+def _input_table(r, n, in_lo, in_hi):
+    # The input table, kept (net.quantize reads it): n float32 scales, each positive
+    # and finite, then n int32 zero points, each within 2**29 of both ends of the range.
+    r.need(4 * n, "input table")  # first: the table is at most twice what the file holds
+    table = bytearray(8 * n)
+    view = memoryview(table)
+    r.fill(view[: 4 * n], "input table")
+    for i in range(n):
+        bits = struct.unpack_from("<I", table, 4 * i)[0]
+        if not 0 < bits < _F32_INF:
+            raise ModelError("offset %d: input scale %d is 0x%08x, not a positive finite float32"
+                             % (_HEADER_SIZE + 4 * i, i, bits))
+    r.need(4 * n, "input table")
+    r.fill(view[4 * n:], "input table")
+    for i in range(n):
+        z = struct.unpack_from("<i", table, 4 * (n + i))[0]
+        if in_hi - z >= _REACH or z - in_lo >= _REACH:
+            raise ModelError("offset %d: input zero point %d is %d, 2**29 or more from the "
+                             "input range [%d, %d]" % (_HEADER_SIZE + 4 * (n + i), i, z, in_lo,
+                                                       in_hi))
+    return table
+
+
 def _check_header(h, size):
     magic = bytes(h[0:4])
     if magic != _MAGIC:
@@ -616,8 +803,8 @@ def _check_header(h, size):
         raise ModelError("offset 12: model has no layers")
     if in_lo > in_hi:
         raise ModelError("offset 20: input range [%d, %d] is empty" % (in_lo, in_hi))
-    if in_lo <= -_SMALL or in_hi >= _SMALL:
-        raise ModelError("offset 20: input range [%d, %d] reaches 2**30" % (in_lo, in_hi))
+    if in_lo <= -_REACH or in_hi >= _REACH:
+        raise ModelError("offset 20: input range [%d, %d] reaches 2**29" % (in_lo, in_hi))
     if not 0 < out_bits < _F32_INF:
         raise ModelError("offset 28: output scale 0x%08x is not a positive finite float32"
                          % out_bits)
@@ -634,13 +821,7 @@ def _read(f, kernel, keep):
     fsize = _check_header(h, r.size)
     n_layers, n_inputs, n_outputs, width, in_lo, in_hi = struct.unpack("<HHHHii", h[12:28])
     out_bits = struct.unpack("<I", h[28:32])[0]
-    r.need(4 * n_inputs, "input table")
-    for i in range(n_inputs):
-        bits = r.u32("input table")
-        if not 0 < bits < _F32_INF:
-            raise ModelError("offset %d: input scale %d is 0x%08x, not a positive finite float32"
-                             % (r.pos - 4, i, bits))
-    r.skip(4 * n_inputs, "input table")
+    table = _input_table(r, n_inputs, in_lo, in_hi)
     sx = 32 if _word_bits() == 64 else 0
     layers = []
     n_in = n_inputs
@@ -681,7 +862,9 @@ def _read(f, kernel, keep):
         raise ModelError("offset 8: size field is %d, model ends at %d" % (fsize, at + 4))
     if f.read(1):
         raise ModelError("offset %d: unexpected data after the CRC" % (at + 4))
-    return Net(layers, in_lo, in_hi, struct.unpack("<f", h[28:32])[0], kernel)
+    net = Net(layers, in_lo, in_hi, struct.unpack("<f", h[28:32])[0], kernel)
+    net._floats(table)
+    return net
 
 
 def _word_bits():

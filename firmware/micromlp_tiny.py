@@ -77,8 +77,14 @@ def load(src, stream=False):
     """src: a path, or a module holding MODEL bytes. stream=True (paths only) reads
     the weights from the file on every run, a row at a time (it opens the file:
     an allocation per run, and a little time)."""
+    import gc
+
     d = _exec("micromlp_tiny_load.py", {"src": src, "stream": stream, "err": ModelError})["d"]
     # the runtime is compiled before the arrays fragment the heap; Net is called
     # here rather than in a script: a micro:bit's stack is short
+    roomy = getattr(gc, "mem_free", _big)() > 16384  # not a micro:bit v1
     net = _exec("micromlp_tiny_run.py", {})["Net"]
-    return net(_exec("micromlp_tiny_fill.py", {"src": src, "d": d})["d"])
+    net = net(_exec("micromlp_tiny_fill.py", {"src": src, "d": d})["d"])
+    if roomy:  # the float API; a micro:bit v1 has no heap for it beside a model: pass ints
+        _exec("micromlp_tiny_float.py", {"net": net})
+    return net

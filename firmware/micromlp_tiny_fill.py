@@ -3,6 +3,7 @@
 # time, in a namespace holding d and src, then dropped), last, so that the
 # arrays do not fragment the heap the other scripts compile in. Leaves d =
 # (n_inputs, lo, hi, layers, the model path when streaming) for the Net.
+import struct
 from array import array
 
 data = None if isinstance(src, str) else src.MODEL
@@ -38,7 +39,8 @@ def layer(i, end):  # -> layer i as the Net takes it; where its weights end
     return (ni, no, w, b, m, s, lo, hi, [0] * no, skip, k0, lm, ls, lf), end
 
 
-get(40 + 8 * d[0])
+scale = struct.unpack("<f", get(40)[28:32])[0]  # the output scale (dequantize)
+tab = get(8 * d[0])  # the input table: float32 scales, int32 zero points (quantize)
 layers = []
 end = 0
 for i in range(len(d[3]) // 7):
@@ -46,4 +48,4 @@ for i in range(len(d[3]) // 7):
     layers.append(lay)
 if f:
     f.close()
-d = (d[0], d[1], d[2], layers, d[4])
+d = (d[0], d[1], d[2], layers, d[4], tab, scale)

@@ -19,6 +19,7 @@ try:
 except ImportError:  # the micro:bit: computed bit by bit below
     crc32 = None
 B = 1 << 30  # every value formed stays below this in magnitude
+R = 1 << 29  # inputs and their zero points stay this close to 0 (net.quantize)
 INF = 0x7F800000  # float32 bits of +inf
 
 
@@ -82,11 +83,13 @@ h = get(40)
 ver, hs, fs, nl, n, n_out, wd, lo, hi, osc, _, res = struct.unpack("<HHIHHHHiiIfI", h[4:])
 ck(h[:4] == b"MMLP" and ver == 1 and hs == 40, 0, "header")
 ck(fs == size, 8, "size")
-ck(nl > 0 and -B < lo <= hi < B and 0 < osc < INF and not res, 12, "header")
+ck(nl > 0 and -R < lo <= hi < R and 0 < osc < INF and not res, 12, "header")
 ck(48 + 8 * n + 56 * nl <= size, 12, "counts")  # each layer record has 56 bytes or more
 for _ in range(n):
     ck(0 < struct.unpack("<I", get(4))[0] < INF, pos - 4, "input scale")
-get(4 * n)
+for _ in range(n):  # zero points: within 2**29 of both ends of the input range
+    v = struct.unpack("<i", get(4))[0]
+    ck(hi - v < R and v - lo < R, pos - 4, "zero point")
 # each layer's n_in, n_out, flags, lo, hi, slope_mult, slope_shift: one array made
 # now, not a tuple per layer scattered among the loop's garbage
 d = (n, lo, hi, array("i", bytes(28 * nl)), src if stream and not data else None)

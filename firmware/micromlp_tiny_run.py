@@ -17,8 +17,9 @@ except ImportError:
 
 
 def net_init(self, d):
-    # d from micromlp_tiny_load.py: (n_inputs, lo, hi, layers, path)
-    self.n_inputs, self.lo, self.hi, self.layers, self.path = d
+    # d from micromlp_tiny_fill.py: (n_inputs, lo, hi, layers, path, input table, scale)
+    self.n_inputs, self.lo, self.hi, self.layers, self.path, self.tab, self.out_scale = d
+    self.in_lo, self.in_hi = self.lo, self.hi  # the names micromlp.py's Net has
     self.n_outputs = self.layers[-1][1]
     self.x = array("i", [0] * self.n_inputs)  # the clamped inputs
     self.y = self.layers[-1][8]  # the last layer's outputs

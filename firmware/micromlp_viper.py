@@ -251,3 +251,80 @@ def argmax(y: ptr32, b: ptr32) -> int:
             best = i
         i += 1
     return best
+
+
+@micropython.viper
+def quantize(xf: ptr32, xq: ptr32, tab: ptr32, b: ptr32) -> int:
+    # Floats (float32 bits, read as words) to the input ints: clamp(floor(x / s + 1/2)
+    # + z, lo, hi) on the exact rational x / s (docs/format.md), with the file's input
+    # table tab (n scale bits, then n zero points) and b = n, lo, hi, ..., sx at b[6].
+    # Integer arithmetic only: no float object, nothing allocated. Returns 0, or
+    # i + 1 for the first input i that is NaN.
+    n = b[0]
+    sx = b[6]
+    lo = (b[1] << sx) >> sx
+    hi = (b[2] << sx) >> sx
+    i = 0
+    while i < n:
+        bits = xf[i]
+        e = (bits >> 23) & 0xFF
+        m = bits & 0x7FFFFF
+        neg = (bits >> 31) & 1
+        z = (tab[n + i] << sx) >> sx
+        q = z
+        if e == 0xFF:
+            if m:
+                return i + 1
+            q = lo if neg else hi
+        elif e or m:
+            if e:
+                m = m | 0x800000
+            else:  # a denormal: normalize
+                e = 1
+                while m < 0x800000:
+                    m = m << 1
+                    e -= 1
+            sb = tab[i]
+            se = (sb >> 23) & 0xFF
+            sm = sb & 0x7FFFFF
+            if se:
+                sm = sm | 0x800000
+            else:
+                se = 1
+                while sm < 0x800000:
+                    sm = sm << 1
+                    se -= 1
+            d = e - se  # x / s = (m / sm) * 2**d, m / sm in (1/2, 2)
+            if d >= 31:
+                q = lo if neg else hi
+            elif d >= -1:
+                # long division of m * 2**(d + 1) by 2 sm, stopped once past the edge
+                t = (z - lo) if neg else (hi - z)
+                dv = sm << 1
+                a = 0
+                r = m
+                k = d + 1
+                while k > 0 and a <= t:
+                    r = r << 1
+                    a = a << 1
+                    if r >= dv:
+                        r -= dv
+                        a += 1
+                    k -= 1
+                if a > t:
+                    q = lo if neg else hi
+                elif neg:
+                    if r > sm:
+                        a += 1
+                    q = z - a
+                else:
+                    if r >= sm:
+                        a += 1
+                    q = z + a
+        if q < lo:
+            q = lo
+        elif q > hi:
+            q = hi
+        xq[i] = q
+        i += 1
+    return 0

@@ -335,26 +335,15 @@ out = [0] * net.n_outputs
 gc.collect()
 print('FREE', gc.mem_free())
 """
-_ST_CHECK = """def _mlp_i32(b):
-    # little-endian int32 without 2**31 (a heap bignum on small boards)
-    return b[0] | b[1] << 8 | b[2] << 16 | (b[3] - (b[3] >> 7 << 8)) << 24
-def _mlp_check(k):
+_ST_CHECK = """def _mlp_check(k):
+    import struct
     n = net.n_inputs
     m = net.n_outputs
-    x = [0] * n
-    b = bytearray(4)
     f = open('mlp_test.bin', 'rb')
     ok = 0
     for _ in range(k):
-        for i in range(n):
-            f.readinto(b)
-            x[i] = _mlp_i32(b)
-        net.run(x, out)
-        same = 1
-        for i in range(m):
-            f.readinto(b)
-            same &= out[i] == _mlp_i32(b)
-        ok += same
+        net.run(struct.unpack('<%di' % n, f.read(4 * n)), out)
+        ok += list(struct.unpack('<%di' % m, f.read(4 * m))) == list(out)
     f.close()
     print('MATCH', ok)
 """
@@ -400,12 +389,13 @@ def self_test(t, model: QuantModel, p: Plan, board: Board, vectors: int = 3,
     _exec(t, _ST_CHECK, "compiling the self-test")
     passed = int(_line(_exec(t, f"_mlp_check({len(xs)})", "the self-test"), "MATCH")[0])
     try:
-        _exec(t, "del _mlp_check, _mlp_i32\ngc.collect()", "freeing the check")
+        _exec(t, "del _mlp_check\ngc.collect()", "freeing the check")
         _exec(t, _ST_TIME, "compiling the timing")
         dt, alloc = (float(v) for v in _line(_exec(t, f"_mlp_time({runs})", "timing"), "TIME"))
     except DeployError:  # no heap left for the figures: the check is what counts
         dt = alloc = -1.0
-    _exec(t, "net = out = None\ngc.collect()", "cleaning up")
+    _exec(t, "net = out = None\nimport os\nos.remove('mlp_test.bin')\ngc.collect()",
+          "cleaning up")
     return SelfTest(passed, len(xs), None if dt < 0 else dt, free,
                     None if alloc < 0 else alloc)
 
@@ -440,9 +430,12 @@ def deploy(
     mlp = outdir / "model.mlp" if outdir.is_dir() else outdir
     model = modelfile.load(mlp)  # every field and the 2**30 proof, checked here
     with session(port, resume) as t:
+        # every write is gentle until the board says it has raw-paste flow control
+        # (MicroPython 1.14+): the probe itself garbled on a loaded machine before
+        raw, t.serial = t.serial, _GentleSerial(t.serial)
         board = probe(t)
-        if board.version[:2] < (1, 14):  # no raw-paste flow control: write gently
-            t.serial = _GentleSerial(t.serial)
+        if board.version[:2] >= (1, 14):
+            t.serial = raw
         log(
             f"board: MicroPython {'.'.join(map(str, board.version))} on {board.machine}, "
             f"{board.free} bytes free, .mpy {board.mpy}, viper {'yes' if board.viper else 'no'}"
@@ -455,7 +448,8 @@ def deploy(
         if main:
             files["main.py"] = vms.engine_source().with_name("main.py").read_bytes()
         stale = {"micromlp.py", "micromlp.mpy", "micromlp_viper.py", "micromlp_tiny_load.py",
-                 "micromlp_tiny_fill.py", "micromlp_tiny_run.py"} - set(files)
+                 "micromlp_tiny_fill.py", "micromlp_tiny_run.py",
+                 "micromlp_tiny_float.py"} - set(files)
         # a stale .py would shadow a new .mpy
         remove = "import os\nfor n in " + repr(sorted(stale))
         _exec(

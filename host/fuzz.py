@@ -438,8 +438,10 @@ def regression_cases(bases: dict[str, bytes]) -> dict[str, bytes]:
         "folded-without-bias": edit(relu8, {"layer 0 flags": 2}),
         "in-scale-inf": edit(relu8, {"in_scale[0]": float("inf")}),
         "slope-on-relu": edit(relu8, {"layer 0 slope shift": 3}),
-        # found by this fuzz: the tiny loader sized a table by the layer count
+        # found by this fuzz: the tiny loader sized a table by the layer count, the
+        # full one its input table by the input count, before checking the file
         "layer-count-20446": edit(relu8, {"header layers": 20446}),
+        "input-count-64261": edit(relu8, {"header inputs": 64261}),
     }
     f = spots["layer 0 n_out"]
     for n_out in (65535, 7):  # n_out and every size field changed together

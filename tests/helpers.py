@@ -51,3 +51,24 @@ def export(
 def torch_out(module: nn.Sequential, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return module(torch.tensor(x, dtype=torch.float32)).double().numpy()
+
+
+# For a script on the unix port: pre() and post(name, f0) around code that must take no
+# heap block at all. With gc.threshold(1) any allocation runs a collection, which frees
+# the garbage made in pre(), so mem_free grows: even a block freed at once (a bytecode
+# frame) shows. Compute names before pre(): building one between them allocates.
+HEAP_BLOCK_CHECK = """
+import gc
+def garbage():
+    for i in range(50):
+        [i] * 10
+def pre():
+    gc.collect()
+    garbage()
+    gc.threshold(1)
+    return gc.mem_free()
+def post(name, f0):
+    f1 = gc.mem_free()
+    gc.threshold(-1)
+    print(name, 'COLLECTED' if f1 > f0 else 'ok')
+"""

@@ -56,6 +56,7 @@ def test_deploy_digits_to_a_serial_board(digits, socat_board):
     names = {p.name for p in board.iterdir()}
     assert {"micromlp.mpy", "micromlp_viper.py", "model.mlp", "main.py"} <= names
     assert not any(n.endswith(".part") for n in names)
+    assert "mlp_test.bin" not in names  # the self-test cleans up after itself
     assert (board / "model.mlp").read_bytes() == ex.paths["mlp"].read_bytes()
     # and bench on the device reads the deployed model
     r = cli("bench", "--port", port, "--json")
@@ -193,3 +194,39 @@ def test_mip_installs_the_engine_into_a_serial_board(digits):
         assert eval(out) == reference.run(ex.model, [x]).out[0].tolist()
     finally:
         board.stop()
+
+
+def test_sensor_starter_runs_on_floats_after_a_mip_install(iris):
+    # the starter programs in firmware/: sensor_main.py reads floats through sensor.py (a
+    # stub replaying recorded rows), quantizes them on the board, prints class and p
+    import numpy as np
+    from micromlp.export import modelfile
+    from micromlp.host import reference, vms
+
+    model = modelfile.load(iris / "model.mlp")
+    x = np.load(iris.parent / "iris.npz")["x_test"][:12].astype(np.float32)
+    board = boards.emulate("serial")
+    try:
+        fw = vms.engine_source().parent
+        r = subprocess.run(["mpremote", "connect", board.port, "resume", "mip", "install",
+                            str(fw / "package.json")], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        for name in ("sensor.py", "sensor_main.py"):
+            shutil.copy(fw / name, board.files / name)
+        shutil.copy(iris / "model.mlp", board.files / "model.mlp")
+        (board.files / "sensor_rows.txt").write_text(
+            "".join(",".join(repr(float(v)) for v in row) + "\n" for row in x))
+        r = subprocess.run(["mpremote", "connect", board.port, "resume", "exec",
+                            "import sensor_main"], capture_output=True, text=True, timeout=120)
+        lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("class ")]
+        assert len(lines) == len(x), r.stdout + r.stderr
+    finally:
+        board.stop()
+    out = reference.run(model, model.quantize_input(x)).out
+    assert [int(ln[1]) for ln in lines] == np.argmax(out, axis=1).tolist()
+    logits = out * float(model.out_scale)
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    soft /= soft.sum(axis=1, keepdims=True)
+    got = [float(ln[2][2:]) for ln in lines]
+    assert np.allclose(got, soft.max(axis=1), atol=1e-4)

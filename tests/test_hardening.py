@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import HEAP_BLOCK_CHECK
 from micromlp.export import modelfile
 from micromlp.export.layers import ExportError
 from micromlp.export.qmodel import MAX_SHIFT
@@ -159,24 +160,12 @@ def test_no_heap_allocation_per_inference_even_without_heap_lock(tmp_path, bases
     vms.stage_firmware(tmp_path / "tiny", tiny=True)
     for where in (tmp_path, tmp_path / "tiny"):
         (where / "m.mlp").write_bytes(bases["relu8"])
-    script = """
-import gc, sys
+    script = HEAP_BLOCK_CHECK + """
+import sys
 from array import array
-def garbage():
-    for i in range(50):
-        [i] * 10
 def big_frame(a, b, c):
     d = e = f = g = h = i = j = k = l = m = 1
     return a
-def pre():
-    gc.collect()
-    garbage()
-    gc.threshold(1)
-    return gc.mem_free()
-def post(name, f0):
-    f1 = gc.mem_free()
-    gc.threshold(-1)
-    print(name, 'COLLECTED' if f1 > f0 else 'ok')
 f0 = pre()
 big_frame(1, 2, 3)
 post('control', f0)

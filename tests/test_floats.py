@@ -1,0 +1,174 @@
+"""Floats in and out on the board: net.quantize, predict_float, dequantize, probabilities.
+
+The board quantizes a sensor's floats exactly as the host's QuantModel.quantize_input:
+the value as a float32, clamp(floor(x / scale + 1/2) + zero) on the exact rational,
+ties up, +-inf clamped, NaN refused. Checked on every VM and kernel, and in the tiny
+engine, against the host and against exact rational arithmetic.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from fractions import Fraction
+from math import floor
+
+import numpy as np
+import pytest
+from helpers import HEAP_BLOCK_CHECK
+from micromlp.export import modelfile
+from micromlp.export.qmodel import quantize_floats
+from micromlp.host import fuzz, vms
+
+
+@pytest.fixture(scope="module")
+def model_bytes():
+    return fuzz.base_models()["relu8"]
+
+
+def rows_for(model) -> np.ndarray:
+    """float32 rows: calibrated-range values, exact ties, far out of range, +-inf,
+    zeros of both signs, denormals, and the float32 extremes."""
+    rng = np.random.default_rng(0)
+    n = model.n_inputs
+    s = model.in_scale.astype(np.float64)
+    z = model.in_zero.astype(np.float64)
+    rows = [rng.normal(size=n) * 2, rng.normal(size=n) * 100]
+    k = rng.integers(model.in_lo, model.in_hi, size=n)
+    rows.append((k - z + 0.5) * s)  # ties (exact where the float32 holds them)
+    rows.append((k - z - 0.5) * s)
+    rows += [[np.inf] * n, [-np.inf] * n, [0.0] * n, [-0.0] * n, [1e-45] * n, [-1e-45] * n,
+             [3.4e38] * n, [-3.4e38] * n]
+    return np.array(rows, dtype=np.float32)
+
+
+def exact(model, x: np.ndarray) -> list[list[int]]:
+    """The definition, in rationals."""
+    out = []
+    for row in x:
+        q = []
+        for v, s, z in zip(row.tolist(), model.in_scale.tolist(), model.in_zero.tolist(),
+                           strict=True):
+            if np.isinf(v):
+                q.append(model.in_hi if v > 0 else model.in_lo)
+                continue
+            r = floor(Fraction(v) / Fraction(s) + Fraction(1, 2)) + int(z)
+            q.append(max(model.in_lo, min(model.in_hi, r)))
+        out.append(q)
+    return out
+
+
+def test_the_host_quantizes_exactly(model_bytes):
+    m = modelfile.from_bytes(model_bytes)
+    x = rows_for(m)
+    assert m.quantize_input(x).tolist() == exact(m, x)
+    with pytest.raises(ValueError, match=r"input \(1, 2\) is NaN"):
+        quantize_floats(np.array([[0, 0, 0, 0, 0], [0, 0, np.nan, 0, 0]]), m.in_scale,
+                        m.in_zero, m.in_lo, m.in_hi)
+
+
+_DRIVER = vms.DRIVER_PREAMBLE + """import struct
+import micromlp
+net = micromlp.load({path!r}{opts})
+def f32(b):
+    return struct.unpack('<f', struct.pack('<I', b))[0]
+for row in {rows!r}:
+    vals = [f32(b) for b in row]
+    print('Q', ' '.join([str(v) for v in net.quantize(vals)]))
+    for i in range(len(vals)):
+        net.inputs[i] = vals[i]
+    print('I', ' '.join([str(v) for v in net.quantize(net.inputs)]))
+    k = net.predict_float(vals)
+    p = net.probabilities(net.run(net.quantize(vals)))
+    print('P', k, ' '.join([repr(v) for v in p]))
+try:
+    net.quantize([f32(0x7FC00000)] + [0.0] * (net.n_inputs - 1))
+except ValueError as e:
+    print('E', e)
+"""
+
+CONFIGS = [("cpython", None), ("unix", "viper"), ("unix", "native"), ("unix", "portable"),
+           ("wasm", "portable"), ("unix", "tiny"), ("wasm", "tiny"), ("cpython", "tiny")]
+
+
+def _run(vm: str, kernel, path, rows, tmp_path) -> str:
+    bits = [[struct.unpack("<I", struct.pack("<f", v))[0] for v in r] for r in rows.tolist()]
+    tiny = kernel == "tiny"
+    opts = "" if kernel in (None, "tiny") else f", kernel={kernel!r}"
+    if vm == "cpython":
+        import contextlib
+        import io
+        import sys
+
+        buf = io.StringIO()
+        engine = vms.tiny_engine() if tiny else None
+        if engine is not None:
+            sys.modules["micromlp_cpython_tiny"] = engine
+        code = _DRIVER.format(dir=str(tmp_path), path=str(path), rows=bits, opts=opts)
+        if tiny:
+            code = code.replace("import micromlp\n", "import micromlp_cpython_tiny as micromlp\n")
+        else:
+            code = code.replace("import micromlp\n", "from micromlp.firmware import micromlp\n")
+        with contextlib.redirect_stdout(buf):
+            exec(compile(code, "driver", "exec"), {})
+        return buf.getvalue()
+    vms.stage_firmware(tmp_path, tiny=tiny)
+    where = "/input" if vm == "wasm" else str(tmp_path)
+    code = _DRIVER.format(dir=where, path=where + "/m.mlp", rows=bits, opts=opts)
+    if vm == "wasm":
+        return vms.wasm_run(code, readonly_dir=tmp_path).stdout
+    (tmp_path / "d.py").write_text(code)
+    p = subprocess.run([vms.unix_exe(), "d.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+@pytest.mark.parametrize("vm,kernel", CONFIGS, ids=[f"{v}-{k}" for v, k in CONFIGS])
+def test_floats_in_and_out_match_the_host_on_every_vm(model_bytes, tmp_path, vm, kernel):
+    path = tmp_path / "m.mlp"
+    path.write_bytes(model_bytes)
+    m = modelfile.from_bytes(model_bytes)
+    rows = rows_for(m)
+    out = _run(vm, kernel, path, rows, tmp_path)
+    want = m.quantize_input(rows).tolist()
+    q = [[int(v) for v in line.split()[1:]] for line in out.splitlines() if line[:2] == "Q "]
+    i = [[int(v) for v in line.split()[1:]] for line in out.splitlines() if line[:2] == "I "]
+    assert q == want and i == want, out
+    from micromlp.host import reference
+
+    ref = reference.run(m, np.array(want))
+    p = [line.split()[1:] for line in out.splitlines() if line[:2] == "P "]
+    assert [int(r[0]) for r in p] == np.argmax(ref.out, axis=1).tolist()
+    logits = ref.out * float(m.out_scale)
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    soft /= soft.sum(axis=1, keepdims=True)
+    got = np.array([[float(v) for v in r[1:]] for r in p])
+    assert np.allclose(got, soft, atol=1e-6), (got, soft)
+    assert "E input 0 is NaN: no integer stands for it" in out
+
+
+def test_quantize_and_predict_float_allocate_nothing(model_bytes, tmp_path):
+    # gc.threshold(1): any allocation runs a collection, freeing garbage made just before
+    (tmp_path / "m.mlp").write_bytes(model_bytes)
+    vms.stage_firmware(tmp_path)
+    script = HEAP_BLOCK_CHECK + """
+import micromlp
+vals = [0.5, -1.25, 3.0, 100.0, -0.0]
+a = b = ''
+for k in ('viper', 'portable'):
+    net = micromlp.load('m.mlp', kernel=k)
+    for i in range(5):
+        net.inputs[i] = vals[i]
+    net.predict_float(vals)
+    a, b = k + ' list', k + ' inputs'
+    f0 = pre()
+    net.predict_float(vals)
+    post(a, f0)
+    f0 = pre()
+    net.predict_float(net.inputs)
+    post(b, f0)
+"""
+    (tmp_path / "s.py").write_text(script)
+    p = subprocess.run([vms.unix_exe(), "s.py"], cwd=tmp_path, capture_output=True, text=True)
+    lines = p.stdout.splitlines()
+    assert len(lines) == 4 and all(line.endswith(" ok") for line in lines), p.stdout + p.stderr
