@@ -128,7 +128,10 @@ def session(port: str, resume: bool):
             t.exit_raw_repl()
         except Exception:
             pass  # the board may be gone; closing the port is what matters
-        t.close()
+        try:
+            t.close()
+        except OSError:
+            pass  # the port vanished: the error that ended the work is the one to report
 
 
 def probe(t) -> Board:
@@ -291,20 +294,40 @@ def engine_files(p: Plan) -> dict[str, bytes]:
     return files
 
 
+# The board reads a file back: its size and a hash (in small ints: a 32-bit board
+# makes no bignum), which the host compares with what it sent.
+_READ_BACK = """n = h = 0
+f = open({name!r}, 'rb')
+b = f.read(64)
+while b:
+    n += len(b)
+    for v in b:
+        h = (h * 31 + v) % 65521
+    b = f.read(64)
+f.close()
+print(n, h)
+"""
+
+
+def content_hash(data: bytes) -> int:
+    """The hash _READ_BACK computes on the board."""
+    h = 0
+    for v in data:
+        h = (h * 31 + v) % 65521
+    return h
+
+
 def write_file(t, name: str, data: bytes, board: Board, tries: int = 3) -> None:
-    """Write a file, via a temporary name where the board can rename, and check its size."""
+    """Write a file, via a temporary name where the board can rename, and check what
+    landed: its size and a hash of its content, read back on the board."""
     tmp = name + ".part" if board.rename else name
     for attempt in range(tries):
         try:
             t.fs_writefile(tmp, data, chunk_size=128)
-            size = _exec(
-                t,
-                f"import os\ntry:\n print(os.stat({tmp!r})[6])\n"
-                f"except AttributeError:\n print(os.size({tmp!r}))",
-                f"reading back {name}",
-            )
-            if int(size.decode().split()[-1]) != len(data):
-                raise DeployError(f"{name}: {size!r} bytes on the board, {len(data)} sent")
+            got = _exec(t, _READ_BACK.format(name=tmp), f"reading back {name}").split()
+            if [int(v) for v in got[-2:]] != [len(data), content_hash(data)]:
+                raise DeployError(f"{name}: the board holds {got[-2:]} (bytes, hash), "
+                                  f"{[len(data), content_hash(data)]} sent")
             if board.rename:
                 _exec(
                     t,

@@ -48,6 +48,15 @@ def test_export_prints_layer_table_with_bias_columns(iris):
     assert info["layers"][0]["bias"].startswith("yes (folded")
     text = cli("inspect", str(iris / "out" / "model.mlp")).stdout
     assert "CRC ok" in text and "w/o bias" in text
+    # the input mapping a board needs for floats: scale, zero point, real range covered
+    from micromlp.export import modelfile
+
+    m = modelfile.load(iris / "out" / "model.mlp")
+    assert [r["zero"] for r in info["inputs"]] == m.in_zero.tolist()
+    assert [r["scale"] for r in info["inputs"]] == m.in_scale.tolist()
+    lo, hi = info["inputs"][0]["real_range"]
+    assert np.isclose(lo, (m.in_lo - m.in_zero[0]) * m.in_scale[0])
+    assert f"clamp(floor(x / scale + 1/2) + zero, {m.in_lo}, {m.in_hi})" in text
 
 
 def test_verify_json_and_exit_status(iris):
