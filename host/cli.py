@@ -370,9 +370,11 @@ Every loader checks the whole file on the board: each field, the sizes against t
 real file size, and the 2\\*\\*30 proof recomputed from the weights (one pass over every
 weight). *load* is one `micromlp.load()` of the file; *a load is* compares its fuel
 with one inference's. The tiny engine's first load compiles its loader scripts on the
-board (on WASI most of that fuel is the byte-by-byte `readline` of the scripts through
+board (on WASI much of that fuel is the byte-by-byte `readline` of the scripts through
 WASI calls); *again* is a later load, where the port has `compile()` and room to keep
-the compiled statements (a micro:bit has neither: each load compiles them). On the
+the compiled statements (a micro:bit has neither: each load compiles them); the tiny
+engine also asks `gc.mem_free()` once per load, which scans the whole heap (8 MB in
+these runs). On the
 emulated micro:bit, which does not model time, what counts is RAM: see the README.
 
 """

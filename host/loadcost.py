@@ -94,7 +94,9 @@ def _fuel(model_path: Path, engine: str, opts: str, n_in: int, n_out: int) -> tu
                                 opts=", " + opts if opts else "")
             if loads == 0:  # nothing to run on: the import alone
                 code = code.split("for i in range(0)")[0]
-            fuel[key] = vms.wasm_run(code, readonly_dir=tmp, heapsize="128M").fuel_used
+            # 8 MB: no collection in these few loads (see wasi.py), and gc.mem_free (the
+            # tiny engine asks it) scans the whole heap: a huge one would dominate
+            fuel[key] = vms.wasm_run(code, readonly_dir=tmp, heapsize="8M").fuel_used
     return (fuel["one"] - fuel["base"], fuel["two"] - fuel["one"],
             (fuel["run"] - fuel["one"]) / 4)
 
