@@ -230,3 +230,13 @@ def test_sensor_starter_runs_on_floats_after_a_mip_install(iris):
     soft /= soft.sum(axis=1, keepdims=True)
     got = [float(ln[2][2:]) for ln in lines]
     assert np.allclose(got, soft.max(axis=1), atol=1e-4)
+
+
+def test_redeploying_to_a_microbit_twice_in_a_row(iris, microbit):
+    # the soft reset on connect frees what the first deploy left on the heap
+    frees = []
+    for _ in range(2):
+        rep = dp.deploy(iris, microbit, log=lambda m: None)
+        assert rep.test.passed == rep.test.total == 3
+        frees.append((rep.board.free, rep.test.free_after_load))
+    assert frees[0] == frees[1]
