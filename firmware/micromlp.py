@@ -604,10 +604,6 @@ class _Reader:
         if pad:
             self.fill(bytearray(pad), what + " padding")
 
-    def u32(self, what):
-        # one little-endian u32 (a float32's bits, for checks on integers)
-        return struct.unpack("<I", self.fill(bytearray(4), what))[0]
-
 
 def _abs_sum(w, k, n, zw):
     # sum of |w[i] - zw| for i in k..k+n-1: one row's weight magnitudes
