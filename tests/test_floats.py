@@ -20,10 +20,21 @@ from micromlp.export import modelfile
 from micromlp.export.qmodel import quantize_floats
 from micromlp.host import fuzz, vms
 
+BASES = fuzz.base_models()
 
-@pytest.fixture(scope="module")
-def model_bytes():
-    return fuzz.base_models()["relu8"]
+
+# relu8: float inputs with calibrated scales; ints: scale 1, so x = k + 1/2 is an exact
+# tie in float32 (with other scales the float32 of a "tie" rarely is one)
+@pytest.fixture(scope="module", params=["relu8", "ints"])
+def model_bytes(request):
+    return BASES[request.param]
+
+
+def exact_ties(model, x: np.ndarray) -> int:
+    """How many values of x are exactly halfway between two integers of x / scale."""
+    return sum(1 for row in x for v, s in zip(row.tolist(), model.in_scale.tolist(),
+                                                strict=True)
+               if np.isfinite(v) and (Fraction(v) / Fraction(s)).denominator == 2)
 
 
 def rows_for(model) -> np.ndarray:
@@ -62,6 +73,8 @@ def test_the_host_quantizes_exactly(model_bytes):
     m = modelfile.from_bytes(model_bytes)
     x = rows_for(m)
     assert m.quantize_input(x).tolist() == exact(m, x)
+    if m.in_scale.tolist() == [1.0] * m.n_inputs:
+        assert exact_ties(m, x) >= 2 * m.n_inputs  # the rows hold real ties
     with pytest.raises(ValueError, match=r"input \(1, 2\) is NaN"):
         quantize_floats(np.array([[0, 0, 0, 0, 0], [0, 0, np.nan, 0, 0]]), m.in_scale,
                         m.in_zero, m.in_lo, m.in_hi)
