@@ -24,13 +24,23 @@ from . import reference, vms
 
 # Free heap below which the full engine does not fit: it takes ~13 KB as .py
 # source compiled on the board and ~8 KB as .mpy (32-bit figures); below it the
-# tiny engine (one small module, compiled on the board) goes instead.
+# tiny engine (compiled on the board, a statement at a time) goes instead.
 FULL_ENGINE_MIN_FREE = {"py": 40_000, "mpy": 24_000}
-TINY_ENGINE_RAM = 2_800  # resident after import, measured on a micro:bit
-# Heap to leave for the user's code, the REPL and the self-test. Measured on
-# the emulated micro:bit: with ~2.9 KB left (digits, streamed) the REPL's
-# parser fails now and then; with ~4 KB left (iris) it never did.
+# Heap to leave for the user's code, the REPL and the self-test (full engine).
 HEADROOM = 3_000
+# The tiny engine's figures, measured on the emulated micro:bit (MicroPython 1.9.2,
+# 8,480 bytes free after a soft reset; docs/benchmarks.md, "micro:bit memory"): a
+# load takes 3,520-3,600 bytes beyond tiny_ram() (the engine's code, namespaces,
+# what compiling on the board leaves). What decides whether the self-test (and a
+# REPL) then works is a free block for the parser (~0.5 KB) in the heap the arrays
+# leave in pieces: 4-input models with 3,790 bytes or more left after the load
+# passed on fresh boards 10 times in 10; 30-input ones failed with ~3,940 left.
+# Streaming opens the model file on every run and fragments more: 2- and 3-layer
+# models failed with up to 4,064 bytes left, those with 4,224 or more passed.
+TINY_ENGINE_RAM = 3_600
+TINY_HEADROOM = 3_700  # bytes left after the load, weights in RAM ...
+TINY_STREAM_HEADROOM = 4_150  # ... and streaming
+TINY_HEADROOM_PER_INPUT = 12  # the inputs' buffers (the self-test's, your code's)
 OLDEST = (1, 9)
 
 
@@ -92,8 +102,15 @@ print('PROBE', v[0], v[1], v[2], m, gc.mem_free(), vp, int(hasattr(os, 'rename')
 """
 
 
+# Ports that exit on a soft reset instead of restarting (the unix port: a serial
+# board emulated with socat goes away): deploy asks the board first and does
+# not reset these.
+EXITS_ON_SOFT_RESET = ("linux", "darwin", "win32", "webassembly")
+
+
 def connect(port: str, resume: bool):
-    """Open the port and enter the raw REPL (soft reset unless resume)."""
+    """Open the port and enter the raw REPL (a soft reset first unless resume; use
+    soft_reset() to reset only boards that survive one)."""
     from mpremote.transport import TransportError
     from mpremote.transport_serial import SerialTransport
 
@@ -132,6 +149,24 @@ def session(port: str, resume: bool):
             t.close()
         except OSError:
             pass  # the port vanished: the error that ended the work is the one to report
+
+
+def soft_reset(t, log=print) -> bool:
+    """Soft-reset the board (a fresh heap) unless its port exits on one; True if it did."""
+    plat = _line(_exec(t, "import sys\nprint('PLATFORM', sys.platform)", "asking the port"),
+                 "PLATFORM")
+    if plat and plat[0] in EXITS_ON_SOFT_RESET:
+        log(f"board: the {plat[0]} port exits on a soft reset: going on without one")
+        return False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            t.enter_raw_repl(soft_reset=True)
+    except Exception as e:
+        raise DeployError(
+            f"the board did not come back from a soft reset ({e}); if it exits on one, "
+            f"deploy with --resume"
+        ) from None
+    return True
 
 
 def probe(t) -> Board:
@@ -197,6 +232,22 @@ def model_ram(model: QuantModel, stream: bool) -> int:
     return weights + 16 * chans + 8 * (chans + model.n_inputs) + (4 * widest if stream else 0) + 600
 
 
+def tiny_ram(model: QuantModel, stream: bool) -> int:
+    """Bytes of heap the tiny engine's arrays for the model take (32-bit board: 16-byte
+    heap blocks, an object header per array)."""
+    def blocks(n: int) -> int:
+        return -(-n // 16) * 16
+
+    ram = blocks(8 * model.n_inputs) + blocks(4 * model.n_inputs + 16)
+    ram += blocks(4 * len(model.layers) + 16)
+    for layer in model.layers:
+        ni, no = layer.n_in, layer.n_out
+        ram += blocks(ni) if stream else blocks(ni * no)  # a row buffer, or the weights
+        arrays = 3 if layer.b is not None else 2  # bias, multipliers, outputs
+        ram += arrays * blocks(4 * no + 16) + blocks(no + 16) + blocks(14 * 4 + 8)
+    return ram
+
+
 def plan(board: Board, model: QuantModel, fmt: str | None, stream: bool | None) -> Plan:
     """Choose the engine, its form, and where the weights live; say why."""
     if board.version[:2] < OLDEST:
@@ -231,24 +282,32 @@ def plan(board: Board, model: QuantModel, fmt: str | None, stream: bool | None) 
                 "the board is too small for the full engine and the tiny one takes only 8-bit "
                 "weights: export with --weight-bits 8"
             )
-    engine_ram = TINY_ENGINE_RAM if engine == "tiny" else FULL_ENGINE_MIN_FREE[form] // 2
+    if engine == "tiny":
+        engine_ram, ram_of = TINY_ENGINE_RAM, tiny_ram
+        per_input = TINY_HEADROOM_PER_INPUT * model.n_inputs
+        room = {False: TINY_HEADROOM + per_input, True: TINY_STREAM_HEADROOM + per_input}
+    else:
+        engine_ram, ram_of = FULL_ENGINE_MIN_FREE[form] // 2, model_ram
+        room = {False: HEADROOM, True: HEADROOM}
     budget = board.free - engine_ram
-    ram = model_ram(model, False)
+    ram = ram_of(model, False)
+    headroom = room[False]
     if stream is None:
-        stream = ram + HEADROOM > budget
+        stream = ram + headroom > budget
         reasons.append(
             (
                 f"streaming weights from the file: the model needs ~{ram} bytes in RAM, about "
-                f"{budget} are left after the engine"
+                f"{budget} are left after the engine, {headroom} of them kept free"
             )
             if stream
-            else f"weights in RAM: the model needs ~{ram} bytes, about {budget} are left"
+            else f"weights in RAM: the model needs ~{ram} bytes, about {budget} are left "
+                 f"after the engine, {headroom} of them kept free"
         )
-    need = model_ram(model, stream)
-    if need + HEADROOM > budget:
+    need, headroom = ram_of(model, stream), room[stream]
+    if need + headroom > budget:
         raise DeployError(
             f"the board is too small for this model: it needs ~{need} bytes of heap "
-            f"{'even streaming' if stream else 'in RAM'} and ~{HEADROOM} more for your code "
+            f"{'even streaming' if stream else 'in RAM'} and ~{headroom} more for your code "
             f"and the REPL; {board.free} are free and the engine takes ~{engine_ram}. "
             f"Try {'' if stream else '--stream, '}fewer or narrower layers, or a board with "
             f"more RAM"
@@ -349,8 +408,9 @@ def _vectors(model: QuantModel, n: int) -> tuple[list[list[int]], list[list[int]
 
 
 # The self-test: the vectors go over as a file (int32: inputs, then expected
-# outputs, per vector) and one snippet does the rest, compiled once the model is
-# loaded (loading, which checks the file on the board, needs the larger peak).
+# outputs, per vector); the board runs them in statements small enough to compile
+# in the fragmented heap a loaded model leaves on a micro:bit (no function is
+# compiled there: the parser would need a larger free block).
 _ST_LOAD = """import gc
 gc.collect()
 net = micromlp.load('model.mlp'{opts})
@@ -358,18 +418,9 @@ out = [0] * net.n_outputs
 gc.collect()
 print('FREE', gc.mem_free())
 """
-_ST_CHECK = """def _mlp_check(k):
-    import struct
-    n = net.n_inputs
-    m = net.n_outputs
-    f = open('mlp_test.bin', 'rb')
-    ok = 0
-    for _ in range(k):
-        net.run(struct.unpack('<%di' % n, f.read(4 * n)), out)
-        ok += list(struct.unpack('<%di' % m, f.read(4 * m))) == list(out)
-    f.close()
-    print('MATCH', ok)
-"""
+_ST_OPEN = "import struct\nf = open('mlp_test.bin', 'rb')"
+_ST_ONE = ("net.run(struct.unpack('<{n}i', f.read({n4})), out)\n"
+           "print('MATCH', int(list(struct.unpack('<{m}i', f.read({m4}))) == list(out)))")
 _ST_TIME = """def _mlp_time(r):
     x = [0] * net.n_inputs
     try:
@@ -405,14 +456,14 @@ def self_test(t, model: QuantModel, p: Plan, board: Board, vectors: int = 3,
     write_file(t, "mlp_test.bin", np.array(rows, dtype="<i4").tobytes(), board)
     _exec(t, "f = w = v = m = vp = n = None\nimport gc\ngc.collect()", "freeing memory")
     _exec(t, "import micromlp", "importing the engine")  # compiled alone: its peak is the largest
-    # load() compiles and checks the file on a small board (its peak comes next), then the
-    # check is compiled, and dropped before the timing is: a micro:bit has room for one
     opts = ", stream=True" if p.stream else ""
     free = int(_line(_exec(t, _ST_LOAD.format(opts=opts), "loading the model"), "FREE")[0])
-    _exec(t, _ST_CHECK, "compiling the self-test")
-    passed = int(_line(_exec(t, f"_mlp_check({len(xs)})", "the self-test"), "MATCH")[0])
+    _exec(t, _ST_OPEN, "opening the test vectors")
+    one = _ST_ONE.format(n=model.n_inputs, n4=4 * model.n_inputs, m=model.n_outputs,
+                         m4=4 * model.n_outputs)
+    passed = sum(int(_line(_exec(t, one, "the self-test"), "MATCH")[0]) for _ in xs)
     try:
-        _exec(t, "del _mlp_check\ngc.collect()", "freeing the check")
+        _exec(t, "f.close()\nf = None\ngc.collect()", "closing the test vectors")
         _exec(t, _ST_TIME, "compiling the timing")
         dt, alloc = (float(v) for v in _line(_exec(t, f"_mlp_time({runs})", "timing"), "TIME"))
     except DeployError:  # no heap left for the figures: the check is what counts
@@ -432,6 +483,7 @@ class DeployReport:
     plan: Plan
     files: dict[str, int]
     test: SelfTest
+    soft_reset: bool = False  # the board was soft-reset first (a fresh heap)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -452,10 +504,12 @@ def deploy(
     outdir = Path(outdir)
     mlp = outdir / "model.mlp" if outdir.is_dir() else outdir
     model = modelfile.load(mlp)  # every field and the 2**30 proof, checked here
-    with session(port, resume) as t:
+    with session(port, resume=True) as t:
         # every write is gentle until the board says it has raw-paste flow control
         # (MicroPython 1.14+): the probe itself garbled on a loaded machine before
         raw, t.serial = t.serial, _GentleSerial(t.serial)
+        # a fresh heap: a previous deploy's model is still loaded
+        was_reset = False if resume else soft_reset(t, log)
         board = probe(t)
         if board.version[:2] >= (1, 14):
             t.serial = raw
@@ -470,19 +524,23 @@ def deploy(
         files["model.mlp"] = mlp.read_bytes()
         if main:
             files["main.py"] = vms.engine_source().with_name("main.py").read_bytes()
-        stale = {"micromlp.py", "micromlp.mpy", "micromlp_viper.py", "micromlp_tiny_load.py",
-                 "micromlp_tiny_fill.py", "micromlp_tiny_run.py",
-                 "micromlp_tiny_float.py"} - set(files)
-        # a stale .py would shadow a new .mpy
-        remove = "import os\nfor n in " + repr(sorted(stale))
-        _exec(
-            t,
-            remove + ":\n try:\n  os.remove(n)\n except OSError:\n  pass",
-            "removing stale engine files",
-        )
         for name, data in files.items():
             log(f"copy: {name} ({len(data)} bytes)")
             write_file(t, name, data, board)
+        # the previous engine's files go only once the new ones are all on the board (a
+        # failed copy leaves a working engine); a stale .py would shadow a new .mpy
+        stale = {"micromlp.py", "micromlp.mpy", "micromlp_viper.py", "micromlp_tiny_load.py",
+                 "micromlp_tiny_fill.py", "micromlp_tiny_run.py",
+                 "micromlp_tiny_float.py"} - set(files)
+        _exec(
+            t,
+            "import os\nfor n in " + repr(sorted(stale))
+            + ":\n try:\n  os.remove(n)\n except OSError:\n  pass",
+            "removing the previous engine's files",
+        )
+        if was_reset:  # the self-test starts from a fresh heap, as the board's main.py will
+            with contextlib.redirect_stdout(io.StringIO()):
+                t.enter_raw_repl(soft_reset=True)
         test = self_test(t, model, p, board)
         speed = "n/a" if test.us_per_inference is None else f"{test.us_per_inference:.0f} us"
         log(
@@ -494,7 +552,8 @@ def deploy(
                 else f"; {test.alloc_per_inference:.0f} bytes allocated per inference"
             )
         )
-        return DeployReport(port, board, p, {k: len(v) for k, v in files.items()}, test)
+        return DeployReport(port, board, p, {k: len(v) for k, v in files.items()}, test,
+                            was_reset)
 
 
 def device_bench(port: str, resume: bool = True, stream: bool = False, runs: int = 50) -> dict:

@@ -45,9 +45,11 @@ def cli(*args):
 def test_deploy_digits_to_a_serial_board(digits, socat_board):
     port, board = socat_board
     tr, ex = digits
-    r = cli("deploy", str(ex.paths["mlp"].parent), "--port", port, "--resume", "--main", "--json")
+    # no --resume: deploy asks the port, which would exit on a soft reset, and skips it
+    r = cli("deploy", str(ex.paths["mlp"].parent), "--port", port, "--main", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     rep = json.loads(r.stdout)
+    assert rep["soft_reset"] is False
     assert rep["ok"] and rep["test"]["passed"] == rep["test"]["total"] == 3
     assert rep["board"]["viper"] and rep["plan"]["engine"] == "full"
     assert rep["plan"]["engine_format"] == "mpy" and not rep["plan"]["stream"]
@@ -237,6 +239,57 @@ def test_redeploying_to_a_microbit_twice_in_a_row(iris, microbit):
     frees = []
     for _ in range(2):
         rep = dp.deploy(iris, microbit, log=lambda m: None)
-        assert rep.test.passed == rep.test.total == 3
+        assert rep.test.passed == rep.test.total == 3 and rep.soft_reset
         frees.append((rep.board.free, rep.test.free_after_load))
     assert frees[0] == frees[1]
+
+
+def test_board_vanishing_mid_copy_gives_a_clear_error(digits, tmp_path):
+    # the cable is pulled while the model is being copied: deploy names the file and stops
+    board = boards.emulate("serial", tmp_path / "board")
+    _, ex = digits
+
+    def log(msg):
+        if msg.startswith("copy: model.mlp"):
+            board.proc.kill()
+
+    try:
+        with pytest.raises(dp.DeployError, match=r"^copying model.mlp to the board failed"):
+            dp.deploy(ex.paths["mlp"].parent, board.port, log=log)
+    finally:
+        board.stop()
+    # the engine copied before the cable went is whole, and no half-written model is left
+    names = {p.name for p in (tmp_path / "board").iterdir()}
+    assert "micromlp.mpy" in names and "model.mlp" not in names
+
+
+def _exported(tmp_path_factory, ds, hidden, epochs=30):
+    d = tmp_path_factory.mktemp(f"{ds}-{'x'.join(map(str, hidden))}")
+    tr = train(ds, hidden, epochs=epochs, out=d / "m.pt", progress=False)
+    export_checkpoint(tr.model_path, d / "out")
+    return d / "out"
+
+
+@pytest.mark.slow
+def test_microbit_plan_accepts_only_what_passes_there(tmp_path_factory):
+    # The failures: default-sized models (hidden 32,16) and a 30-input model the
+    # plan once accepted failed on the board; now they are refused before anything is
+    # copied, and the largest model the plan accepts passes on fresh boards every time.
+    for ds, hidden in [("iris", [32, 16]), ("wine", [32, 16]), ("breast_cancer", [4])]:
+        out = _exported(tmp_path_factory, ds, hidden)
+        board, said = boards.emulate("microbit"), []
+        try:
+            with pytest.raises(dp.DeployError, match=r"^the board is too small for this model"):
+                dp.deploy(out, board.port, log=said.append)
+        finally:
+            board.stop()
+        assert not any(m.startswith("copy:") for m in said), said
+    out = _exported(tmp_path_factory, "iris", [16, 8])  # 3 layers, 44 bytes inside the plan
+    for _ in range(5):
+        board = boards.emulate("microbit")
+        try:
+            rep = dp.deploy(out, board.port, log=lambda m: None)
+        finally:
+            board.stop()
+        assert rep.plan.engine == "tiny" and not rep.plan.stream
+        assert rep.test.passed == rep.test.total == 3
