@@ -22,11 +22,12 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module(__name__ + ".export")
-    if name in ("load", "Exported", "RunResult", "format_report"):
+    if name in ("load", "finetune", "Exported", "RunResult", "format_report"):
         from .host import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'micromlp' has no attribute {name!r}")
 
 
-__all__ = ["export", "load", "Exported", "RunResult", "format_report", "__version__"]
+__all__ = ["export", "finetune", "load", "Exported", "RunResult", "format_report",
+           "__version__"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import modelfile, pymodule
+from .equalize import equalize
 from .fold import fold_normalization
 from .layers import ExportError, FloatLayer
 from .qmodel import QuantModel
@@ -45,7 +46,61 @@ def quantize_layers(
     """Fold the input normalization (if any) and quantize."""
     if mean is not None and std is not None:
         layers = fold_normalization(layers, mean, std)
-    return quantize(layers, calib, opts)
+    opts = opts or QuantOptions()
+    if opts.equalize not in ("auto", "on", "off"):
+        raise ExportError(f"equalize must be auto, on or off, got {opts.equalize!r}")
+    plain = _quantize_from(layers, calib, opts) if opts.equalize != "on" else None
+    if opts.equalize == "off":
+        return plain
+    eq_layers, changed = equalize(layers, calib)
+    if not changed:
+        return plain or _quantize_from(layers, calib, opts)
+    try:
+        balanced = _quantize_from(eq_layers, calib, opts)
+    except ExportError:
+        if plain is None:
+            raise
+        return plain
+    if plain is None:
+        balanced.meta["notes"].append(f"activation equalization: {changed} layer(s) rescaled")
+        return balanced
+    e_plain, e_bal = calibration_error(plain, layers, calib), calibration_error(
+        balanced, layers, calib)
+    keep = e_bal < e_plain
+    (balanced if keep else plain).meta["notes"].append(
+        f"activation equalization {'kept' if keep else 'tried, not kept'}: mean squared "
+        f"error on the calibration data {e_plain:.3g} without, {e_bal:.3g} with")
+    return balanced if keep else plain
+
+
+def _quantize_from(layers: list[FloatLayer], calib: np.ndarray, opts: QuantOptions
+                   ) -> QuantModel:
+    # quantize, and keep (in memory: the file has no room for it) the float layer list
+    # the integers stand for, with each layer's fidelity on (a sample of) the calibration
+    # data: equalization rescales hidden units, so only this list matches them unit by unit
+    from ..host.fidelity import layer_report
+
+    model = quantize(layers, calib, opts)
+    model.meta["float_layers"] = layers
+    x = np.asarray(calib, dtype=np.float64)
+    if len(x) > 2000:
+        x = x[np.random.default_rng(0).choice(len(x), 2000, replace=False)]
+    model.meta["fidelity"] = layer_report(model, layers, x)
+    return model
+
+
+def calibration_error(model: QuantModel, layers: list[FloatLayer], calib: np.ndarray,
+                      rows: int = 2000) -> float:
+    """Mean squared error of the fixed-point model's dequantized outputs against the
+    float layers on (a sample of) the calibration data."""
+    from ..host import reference  # the bit-exact integer reference (numpy)
+    from .layers import forward
+
+    x = np.asarray(calib, dtype=np.float64)
+    if len(x) > rows:
+        x = x[np.random.default_rng(0).choice(len(x), rows, replace=False)]
+    out = model.dequantize_output(reference.run(model, model.quantize_input(x)).out)
+    return float(((out - forward(layers, x)) ** 2).mean())
 
 
 MAX_FILE_MB = 16.0  # the largest flash on the boards the engine targets (ESP32 modules)
@@ -146,9 +201,20 @@ def export_model(
     std = src.std if std is None else std
     if mean is not None and std is not None:
         src.mean, src.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    qat_note = []
+    if src.info.get("qat_epochs"):
+        # a quantization-aware checkpoint was trained on the grids of its weights as they
+        # are: no equalization, no bias correction (unless asked for explicitly)
+        opts = opts or QuantOptions()
+        opts = replace(opts, equalize="off" if opts.equalize == "auto" else opts.equalize,
+                       bias_correction="off" if opts.bias_correction == "bias"
+                       else opts.bias_correction)
+        qat_note = ["quantization-aware checkpoint: exported on the grids it was trained "
+                    "on (no equalization, no bias correction)"]
     qmodel = quantize_layers(src.layers, x, opts, mean, std)
     qmodel.meta.update(source=src.name or type(model).__name__, kind=src.kind,
-                       calibration=calib_name, notes=src.notes + qmodel.meta.get("notes", []),
+                       calibration=calib_name,
+                       notes=src.notes + qat_note + qmodel.meta.get("notes", []),
                        info=src.info)
     paths = write(qmodel, out_dir, name, mpy) if out_dir is not None else {}
     return ExportResult(qmodel, paths, src)

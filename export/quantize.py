@@ -46,7 +46,54 @@ class QuantOptions:
     # Float inputs: each feature's calibrated range widened by this fraction of its span
     # on each side, so test data a little past the calibration data does not clip.
     headroom: float = 0.1
-    bias_correction: bool = True  # layers with a bias absorb their weights' mean error
+    # Bias correction: a layer's bias absorbs the mean error its weights' rounding
+    # causes on the calibration data. "bias" (or True): layers that have a bias; "all":
+    # also bias-free layers, which get one (the layer table says so: it costs a word
+    # per channel); "off" (or False): none.
+    bias_correction: bool | str = "bias"
+    # How hidden activation ranges are calibrated: "minmax" (the largest value seen,
+    # plus headroom), "percentile" (the 99.99th percentile of |value|: rare outliers
+    # clip), "mse" (the clip point that minimizes the grid's squared error on the data).
+    calib_method: str = "minmax"
+    # Per-channel activation equalization (export/equalize.py): "auto" keeps it where it
+    # lowers the error on the calibration data, "on" always, "off" never.
+    equalize: str = "auto"
+
+
+CALIB_METHODS = ("minmax", "percentile", "mse")
+BIAS_CORRECTION = ("bias", "all", "off")
+
+
+def _correction_mode(v: bool | str) -> str:
+    mode = {True: "bias", False: "off"}.get(v, v) if isinstance(v, bool) else v
+    if mode not in BIAS_CORRECTION:
+        raise ExportError(f"bias correction must be one of {', '.join(BIAS_CORRECTION)}, "
+                          f"got {v!r}")
+    return mode
+
+
+def activation_range(h: np.ndarray, hi: int, method: str, headroom: float) -> float:
+    """The real value a layer's integer grid [.., hi] ends at, from its calibration
+    outputs h [n, n_out] (see QuantOptions.calib_method)."""
+    a = np.abs(np.asarray(h, dtype=np.float64)).ravel()
+    top = float(a.max()) if a.size else 0.0
+    if top == 0.0 or method == "minmax":
+        return top * (1 + headroom)
+    if method == "percentile":
+        return max(float(np.percentile(a, 99.99)), top / 64) * (1 + headroom)
+    if method != "mse":
+        raise ExportError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, "
+                          f"got {method!r}")
+    if a.size > 200_000:  # a sample is enough to place a clip point
+        a = np.random.default_rng(0).choice(a, 200_000, replace=False)
+    best, best_err = top, None
+    for k in range(29):  # edges from the largest value down to 1/128 of it
+        f = 2.0 ** (-k / 4)
+        s = top * f / hi
+        err = float(((np.minimum(_round(a / s), hi) * s - a) ** 2).mean())
+        if best_err is None or err < best_err * (1 - 1e-9):
+            best, best_err = top * f, err
+    return best * (1 + headroom) if best == top else best
 
 
 def _round(x: np.ndarray) -> np.ndarray:
@@ -215,12 +262,13 @@ def quantize(
 
     # Activation ranges from the float model on the calibration data.
     q_calib = calib / in_scale + in_zero
-    acts, h = [], q_calib
+    acts, outs, h = [], [], q_calib
     sample = np.random.default_rng(0).permutation(len(q_calib))[:512]
     inputs = []  # each layer's calibration inputs (a sample), to fit its weight grid
     for layer in flayers:
         inputs.append(h[sample])
         h = layer.forward(h)
+        outs.append(h)
         acts.append(np.abs(h).max(axis=0) if len(h) else np.zeros(layer.n_out))
 
     qlayers: list[QuantLayer] = []
@@ -246,7 +294,7 @@ def quantize(
             if not last:  # this grid is the next layer's input grid: fit it
                 cap = _grid_cap(spreads[i + 1])
                 lo, hi = max(lo, -cap), min(hi, cap)
-            y_max = float(acts[i].max()) * (1 + opts.headroom)
+            y_max = activation_range(outs[i], hi, opts.calib_method, opts.headroom)
             s_y = (y_max / hi) if y_max > 0 else 1.0
             s_y = float(np.float32(s_y))
         slope_mult = slope_shift = 0
@@ -271,11 +319,16 @@ def quantize(
         s_w = _fit_weight_scales(layer.weight, inputs[i], row_max, wmax, opts.per_channel)
         w_q = np.clip(_round(layer.weight / s_w[:, None]), -wmax, wmax).astype(np.int64)
         float_bias = layer.bias
-        if layer.bias is not None and opts.bias_correction:
+        mode = _correction_mode(opts.bias_correction)
+        if mode == "all" or (mode == "bias" and layer.bias is not None):
             # Bias correction: the weights' rounding shifts each output by a mean amount
             # on real inputs (they are not centred); the bias takes it back.
             shift = (inputs[i] @ (layer.weight - w_q * s_w[:, None]).T).mean(axis=0)
-            layer = replace(layer, bias=layer.bias + shift)
+            if layer.bias is None:
+                layer = replace(layer, bias=shift, bias_note="bias correction")
+                float_bias = np.zeros(layer.n_out)
+            else:
+                layer = replace(layer, bias=layer.bias + shift)
         b_q = None
         if layer.bias is not None:
             b_real = _round(layer.bias / (s_x * s_w))

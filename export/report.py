@@ -115,3 +115,14 @@ def input_table(model: QuantModel, limit: int = 16) -> str:
     if len(rows) > limit:
         lines.append(f"    ... {len(rows) - limit} more features (--json lists them all)")
     return "\n".join(lines)
+
+
+def fidelity_table(rows: list[dict]) -> str:
+    """export's per-layer fidelity (host/fidelity.layer_report rows) as text."""
+    lines = ["layer fidelity on the calibration data (errors of earlier layers included):",
+             f"{'#':>3}  {'shape':>10}  {'SQNR dB':>8}  {'clipped':>8}  max |error|"]
+    for r in rows:
+        sq = "exact" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
+        lines.append(f"{r['layer']:>3}  {r['shape']:>10}  {sq:>8}  "
+                     f"{100 * r['clipped']:>7.2f}%  {r['max_abs_error']:.4g}")
+    return "\n".join(lines)

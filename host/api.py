@@ -19,8 +19,8 @@ from ..export import modelfile
 from ..export.exporter import ExportResult, export_model
 from ..export.layers import ExportError
 from ..export.qmodel import QuantModel
-from ..export.quantize import QuantOptions
-from ..export.report import layer_table
+from ..export.quantize import BIAS_CORRECTION, CALIB_METHODS, QuantOptions
+from ..export.report import fidelity_table, layer_table
 from ..export.sources import Source, load_source
 from . import vms
 from .verify import VerifyReport, format_report, verify_arrays
@@ -55,9 +55,17 @@ class Exported:
     def error_bound(self) -> float:
         return float(self.model.error_bound)
 
+    @property
+    def fidelity(self) -> list[dict]:
+        """Per layer, on the calibration data: SQNR (dB), fraction clipped, max |error|
+        (empty for a model loaded from a file: the float layers are not in it)."""
+        return list(self.model.meta.get("fidelity", []))
+
     def __str__(self) -> str:
         lines = [f"note: {n}" for n in self.notes]
         lines.append(layer_table(self.model))
+        if self.fidelity:
+            lines.append(fidelity_table(self.fidelity))
         lines.append(f"PyTorch agreement bound: |fixed - float| <= {self.error_bound:.4g} per "
                      f"output, for inputs that saturate no clamp")
         lines += [f"wrote {p} ({p.stat().st_size} bytes)" for p in self.paths.values()
@@ -118,8 +126,9 @@ class Exported:
 
 
 def quant_options(weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
-                  per_tensor: bool = False, input_range=None, input_bits: int | None = None
-                  ) -> QuantOptions:
+                  per_tensor: bool = False, input_range=None, input_bits: int | None = None,
+                  calib_method: str = "minmax", bias_correction: str = "bias",
+                  equalize: str = "auto") -> QuantOptions:
     """QuantOptions from the CLI's option names, checked."""
     if input_bits is not None:
         if not 1 <= int(input_bits) <= 29:
@@ -130,14 +139,23 @@ def quant_options(weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
         if lo >= hi:
             raise ExportError(f"input range [{lo}, {hi}]: LO must be below HI")
         input_range = (lo, hi)
+    for name, v, allowed in (("calib_method", calib_method, CALIB_METHODS),
+                             ("bias_correction", bias_correction, BIAS_CORRECTION),
+                             ("equalize", equalize, ("auto", "on", "off"))):
+        if v not in allowed:
+            raise ExportError(f"{name} must be one of {', '.join(allowed)}, got {v!r}")
     return QuantOptions(weight_bits=weight_bits, act_bits=act_bits, out_bits=out_bits,
-                        per_channel=not per_tensor, input_range=input_range)
+                        per_channel=not per_tensor, input_range=input_range,
+                        calib_method=calib_method, bias_correction=bias_correction,
+                        equalize=equalize)
 
 
 def export(model, calib=None, out: str | Path | None = "out", *, input_mean=None,
            input_std=None, input_range=None, input_bits: int | None = None,
            weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
-           per_tensor: bool = False, module: str | None = None, module_args=None,
+           per_tensor: bool = False, calib_method: str = "minmax",
+           bias_correction: str = "bias", equalize: str = "auto",
+           module: str | None = None, module_args=None,
            arch=None, trust_pickle: bool = False, name: str = "model",
            mpy: bool = True, max_size_mb: float | None = None) -> Exported:
     """Export any accepted model form to fixed point; writes out/model.mlp (+ module
@@ -146,12 +164,28 @@ def export(model, calib=None, out: str | Path | None = "out", *, input_mean=None
     std = None if input_std is None else np.atleast_1d(np.asarray(input_std, np.float64))
     if (mean is None) != (std is None):
         raise ExportError("input_mean and input_std go together")
-    opts = quant_options(weight_bits, act_bits, out_bits, per_tensor, input_range, input_bits)
+    opts = quant_options(weight_bits, act_bits, out_bits, per_tensor, input_range, input_bits,
+                         calib_method, bias_correction, equalize)
     res: ExportResult = export_model(model, out, calib, opts, mean, std, module=module,
                                      module_args=module_args, arch=arch,
                                      trust_pickle=trust_pickle, name=name, mpy=mpy,
                                      max_size_mb=max_size_mb)
     return Exported(res.model, res.paths, res.source)
+
+
+def finetune(model, x, y, calib=None, *, epochs: int = 20, lr: float = 1e-4,
+             input_mean=None, input_std=None, weight_bits: int = 8, act_bits: int = 8,
+             out_bits: int = 16, per_tensor: bool = False, calib_method: str = "minmax",
+             bias_correction: str = "bias", equalize: str = "auto", progress: bool = True):
+    """Quantization-aware fine-tuning (host/qat.py): returns an nn.Sequential over raw
+    inputs, trained through the exact grids the exporter chooses for it. Export it
+    with the same options, equalize="off" and bias_correction="off"."""
+    from .qat import finetune as _finetune
+
+    opts = quant_options(weight_bits, act_bits, out_bits, per_tensor, None, None,
+                         calib_method, bias_correction, equalize)
+    return _finetune(model, x, y, calib, epochs=epochs, lr=lr, opts=opts, mean=input_mean,
+                     std=input_std, progress=progress)
 
 
 def load(path: str | Path, float_model=None) -> Exported:
@@ -160,4 +194,4 @@ def load(path: str | Path, float_model=None) -> Exported:
     return Exported(modelfile.load(path), {"mlp": Path(path)}, src)
 
 
-__all__ = ["Exported", "RunResult", "export", "load", "format_report"]
+__all__ = ["Exported", "RunResult", "export", "finetune", "load", "format_report"]

@@ -61,6 +61,7 @@ def do_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         out=args.output,
+        qat_epochs=args.qat_epochs if args.qat else 0,
     )
     print(
         f"trained {args.dataset}: {r.n_params} parameters, float accuracy "
@@ -84,7 +85,8 @@ def _quant_kwargs(args: argparse.Namespace) -> dict:
             ) from None
     return dict(weight_bits=args.weight_bits, act_bits=args.act_bits, out_bits=args.out_bits,
                 per_tensor=args.per_tensor, input_range=input_range,
-                input_bits=getattr(args, "input_bits", None))
+                input_bits=getattr(args, "input_bits", None), calib_method=args.calib_method,
+                bias_correction=args.bias_correction, equalize=args.equalize)
 
 
 def _floats(text: str | None) -> np.ndarray | None:
@@ -117,7 +119,7 @@ def do_export(args: argparse.Namespace) -> int:
 
         print(json.dumps({"notes": exp.notes, "layers": layer_rows(exp.model),
                           "error_bound": exp.error_bound, "n_inputs": exp.model.n_inputs,
-                          "n_outputs": exp.model.n_outputs,
+                          "n_outputs": exp.model.n_outputs, "fidelity": exp.fidelity,
                           "files": {k: str(p) for k, p in exp.paths.items()}}, indent=2))
     else:
         print(exp)
@@ -382,8 +384,7 @@ emulated micro:bit, which does not model time, what counts is RAM: see the READM
 
 def do_demo(args: argparse.Namespace) -> int:
     from ..export.exporter import export_checkpoint
-    from ..export.report import layer_table
-    from .api import quant_options
+    from .api import Exported, quant_options
     from .train import train
     from .verify import format_report, verify
 
@@ -393,9 +394,7 @@ def do_demo(args: argparse.Namespace) -> int:
     print(f"      float test accuracy {100 * r.test_accuracy:.2f} %, {r.n_params} parameters")
     print("[2/3] export to fixed point")
     res = export_checkpoint(r.model_path, out, opts=quant_options(**_quant_kwargs(args)))
-    print(layer_table(res.model))
-    for path in res.paths.values():
-        print(f"      wrote {path} ({path.stat().st_size} bytes)")
+    print(Exported(res.model, res.paths, res.source))  # what export (and a notebook) prints
     print("[3/3] verify on the test split: PyTorch, host reference, MicroPython VMs")
     rep = verify(res.paths["mlp"], r.data_path, r.model_path)
     print(format_report(rep))
@@ -403,11 +402,22 @@ def do_demo(args: argparse.Namespace) -> int:
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    from ..export.quantize import BIAS_CORRECTION, CALIB_METHODS
+
     p.add_argument("--weight-bits", type=int, default=8, choices=(8, 16))
     p.add_argument("--act-bits", type=int, default=8, choices=(8, 16))
     p.add_argument("--out-bits", type=int, default=16, help="bits of the last layer's output")
     p.add_argument("--per-tensor", action="store_true",
                    help="one weight scale per layer instead of one per output channel")
+    p.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax",
+                   help="hidden activation ranges: the largest value seen (+10%%), the "
+                   "99.99th percentile, or the clip point of least squared error")
+    p.add_argument("--bias-correction", choices=BIAS_CORRECTION, default="bias",
+                   help="absorb the weights' mean rounding error into the bias: layers "
+                   "that have one (default), all (bias-free layers get one), or off")
+    p.add_argument("--equalize", choices=("auto", "on", "off"), default="auto",
+                   help="per-channel activation equalization; auto keeps it where it "
+                   "lowers the error on the calibration data")
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -439,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bias", action="store_true", help="every Linear layer bias=False")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--qat", action="store_true", help="then fine-tune through the "
+                   "exporter's 8-bit grids (quantization-aware; export with --equalize off)")
+    p.add_argument("--qat-epochs", type=int, default=20)
     p.add_argument("-o", "--output", default="model.pt")
     p.set_defaults(func=do_train)
 

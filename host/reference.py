@@ -27,15 +27,18 @@ class ReferenceResult:
 
     out: np.ndarray  # int64 [n, n_outputs]
     saturated: np.ndarray  # bool [n]: a value hit a clamp other than ReLU's zero
+    hidden: list[np.ndarray] | None = None  # each layer's outputs (run(..., trace=True))
 
 
-def run(model: QuantModel, xq: np.ndarray) -> ReferenceResult:
-    """Integer outputs for clamped integer inputs xq [n, n_inputs] (or [n_inputs])."""
+def run(model: QuantModel, xq: np.ndarray, trace: bool = False) -> ReferenceResult:
+    """Integer outputs for clamped integer inputs xq [n, n_inputs] (or [n_inputs]);
+    with trace, every layer's outputs too."""
     x = np.atleast_2d(np.asarray(xq, dtype=np.int64))
     if x.shape[1] != model.n_inputs:
         raise ValueError(f"expected {model.n_inputs} inputs per sample, got {x.shape[1]}")
     saturated = np.any((x < model.in_lo) | (x > model.in_hi), axis=1)
     x = np.clip(x, model.in_lo, model.in_hi)
+    hidden = []
     for i, layer in enumerate(model.layers):
         acc = x @ layer.w.astype(np.int64).T
         if layer.b is not None:
@@ -60,7 +63,9 @@ def run(model: QuantModel, xq: np.ndarray) -> ReferenceResult:
         low = np.zeros_like(high) if layer.act in (ACT_RELU, ACT_CLAMP) else (y < layer.lo)
         saturated |= np.any(high | low, axis=1)
         x = np.clip(y, layer.lo, layer.hi)
-    return ReferenceResult(out=x, saturated=saturated)
+        if trace:
+            hidden.append(x)
+    return ReferenceResult(out=x, saturated=saturated, hidden=hidden if trace else None)
 
 
 def _requant_peak(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> int:

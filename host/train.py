@@ -52,8 +52,11 @@ def train(
     lr: float = 0.01,
     batch_size: int = 64,
     progress: bool = True,
+    qat_epochs: int = 0,
 ) -> TrainResult:
-    """Train on a bundled dataset; writes out (checkpoint) and its split as out.npz."""
+    """Train on a bundled dataset; writes out (checkpoint) and its split as out.npz.
+    qat_epochs > 0 then fine-tunes through the exporter's default 8-bit grids
+    (host/qat.py); that checkpoint takes raw inputs (its normalization folded in)."""
     hidden = [32, 16] if hidden is None else hidden
     ds = datasets.load(dataset)
     train_idx, test_idx = datasets.split(len(ds.x), 0.2, seed)
@@ -87,11 +90,18 @@ def train(
             total += loss.item() * len(idx)
         bar.set_postfix(loss=f"{total / len(xt):.4f}")
     model.eval()
+    info = {"dataset": dataset, "classes": list(ds.classes), "seed": seed, "epochs": epochs}
+    if qat_epochs > 0:
+        from .qat import finetune
+
+        model = finetune(model, x_train, y_train, epochs=qat_epochs, mean=mean, std=std,
+                         seed=seed, progress=progress)
+        mean, std = np.zeros_like(mean), np.ones_like(std)  # folded into the first layer
+        info["qat_epochs"] = qat_epochs
 
     # The checkpoint stores the normalization; the model itself sees normalized inputs.
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    info = {"dataset": dataset, "classes": list(ds.classes), "seed": seed, "epochs": epochs}
     save_checkpoint(out, model, mean, std, info)
     data_path = out.with_suffix(".npz")
     np.savez(data_path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)

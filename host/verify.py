@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export import modelfile
-from . import reference, vms
+from . import fidelity, reference, vms
 
 
 @dataclass
@@ -43,6 +43,13 @@ class VerifyReport:
     per_class: dict = field(default_factory=dict)  # class -> {float, fixed, samples}
     confusion: list = field(default_factory=list)  # [true][predicted] of the fixed point
     notes: list[str] = field(default_factory=list)
+    # per sample, over its input cell (host/fidelity.certify): median and max of the
+    # bound on |fixed - float|, the fraction whose class it certifies (None: regression)
+    cell_bound_median: float | None = None
+    cell_bound_max: float | None = None
+    certified: float | None = None
+    clipped_features: list = field(default_factory=list)  # host/fidelity.input_clipping
+    cell_bound_broken: bool = False  # an observed error above its cell bound: a bug
 
     @property
     def bit_exact(self) -> bool:
@@ -63,6 +70,8 @@ class VerifyReport:
             why.append("a VM computed other integers than the host reference")
         if not self.bounded:
             why.append("the error exceeds the exporter's proven bound")
+        if self.cell_bound_broken:
+            why.append("an error exceeds its per-sample cell bound (a bug in the bound)")
         if self.float_accuracy is not None and self.fixed_accuracy is not None and (
                 self.fixed_accuracy < self.float_accuracy - self.max_accuracy_drop - 1e-12):
             why.append(f"fixed-point accuracy {100 * self.fixed_accuracy:.2f} % is more than "
@@ -170,10 +179,12 @@ def verify_arrays(
             rep.top1_agreement = float((cls == pred).mean())
             if labels is not None:
                 rep.float_accuracy = float((cls == labels).mean())
+        _certify(rep, model, source, x)
         if not source.comparable:
             rep.notes.append(f"errors are against the float layer list (the {rep.float_model} "
                              f"model's answer is probabilities); classes against "
                              f"{rep.float_model}")
+    rep.clipped_features = fidelity.input_clipping(model, x)
     if labels is not None and model.n_outputs > 1:
         n = model.n_outputs
         conf = np.zeros((n, n), dtype=int)
@@ -187,6 +198,20 @@ def verify_arrays(
                     "samples": int(m.sum()), "fixed": float((pred[m] == c).mean()),
                     "float": None if fcls is None else float((fcls[m] == c).mean())}
     return rep
+
+
+def _certify(rep: VerifyReport, model, source, x: np.ndarray) -> None:
+    """The per-cell bounds and certified classes against the float layer list."""
+    from ..export.fold import fold_normalization
+
+    layers = source.layers
+    if source.mean is not None and source.std is not None:
+        layers = fold_normalization(layers, source.mean, source.std)
+    cert = fidelity.certify(model, layers, x)
+    rep.cell_bound_median = float(np.median(cert.bound))
+    rep.cell_bound_max = float(cert.bound.max())
+    rep.certified = float(cert.certified.mean()) if model.n_outputs > 1 else None
+    rep.cell_bound_broken = bool(np.any(cert.observed > cert.bound * (1 + 1e-9) + 1e-12))
 
 
 def _class_indices(y: np.ndarray, n_outputs: int) -> np.ndarray | None:
@@ -233,6 +258,18 @@ def format_report(rep: VerifyReport) -> str:
             f"{'n/a' if unsat is None else f'{unsat:.4g}'}, {within} the exporter's "
             f"proven bound {rep.error_bound:.4g}"
         )
+    if rep.cell_bound_median is not None:
+        cert = "" if rep.certified is None else (
+            f"; the float model's class equals the board's in the whole cell for "
+            f"{pct(rep.certified)} of samples")
+        lines.append(
+            f"  per-sample bound over each input's cell (affine arithmetic): median "
+            f"{rep.cell_bound_median:.4g}, max {rep.cell_bound_max:.4g}{cert}")
+    for c in rep.clipped_features[:8]:
+        lines.append(f"  input feature {c['feature']}: {pct(c['fraction'])} of samples outside "
+                     f"its range [{c['range'][0]:.4g}, {c['range'][1]:.4g}] (clamped)")
+    if len(rep.clipped_features) > 8:
+        lines.append(f"  ... and {len(rep.clipped_features) - 8} more clipped features")
     lines += [f"  note: {n}" for n in rep.notes]
     lines.append("  result: " + ("OK" if rep.ok else "FAILED: " + "; ".join(rep.failures)))
     return "\n".join(lines)

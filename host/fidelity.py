@@ -1,0 +1,149 @@
+"""Where a fixed-point model's error comes from, and what can be proven per sample.
+
+- layer_report: each layer's signal-to-quantization-noise ratio (the float layer's
+  outputs against the board's, dequantized, errors of the layers before included) and
+  how often its grid clips, on given inputs; the picture onnxruntime's qdq_loss_debug
+  and PyTorch's Numeric Suite give.
+- input_clipping: per input feature, the fraction of samples outside the range the
+  model's integers cover (the board clamps them).
+- certify: for each sample, a bound on |board - float| over the sample's whole input
+  cell (every float input that the board quantizes to the same integers, so the board's
+  answer is the same for all of them; a feature the board represents exactly is a
+  point), by affine arithmetic on the float network (signs
+  of the weights kept, ReLU relaxed only where a unit's sign is undecided in the cell);
+  a sample is certified when the float model's class is the board's class everywhere
+  in its cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..export.layers import FloatLayer
+from ..export.qmodel import ACT_CLAMP, QuantModel
+from . import reference
+
+
+def layer_report(model: QuantModel, layers: list[FloatLayer], x: np.ndarray) -> list[dict]:
+    """Per layer: SQNR (dB) of the board's dequantized outputs against the float layer
+    list the model was quantized from (export keeps it), and the fraction of outputs at
+    the top of the grid (clipped; not for a layer whose clamp is its activation)."""
+    x = np.asarray(x, dtype=np.float64)
+    ref = reference.run(model, model.quantize_input(x), trace=True)
+    rows, h = [], x
+    for i, (layer, q) in enumerate(zip(layers, model.layers, strict=True)):
+        h = layer.forward(h)
+        got = ref.hidden[i] * q.out_scale
+        noise = float(((got - h) ** 2).sum())
+        signal = float((h**2).sum())
+        sqnr = None if noise == 0 else 10 * np.log10(max(signal, 1e-300) / noise)  # None: exact
+        clipped = 0.0 if q.act == ACT_CLAMP else float((ref.hidden[i] >= q.hi).mean())
+        rows.append({"layer": i, "shape": f"{q.n_in}->{q.n_out}",
+                     "sqnr_db": None if sqnr is None else float(sqnr), "clipped": clipped,
+                     "max_abs_error": float(np.abs(got - h).max())})
+    return rows
+
+
+def input_clipping(model: QuantModel, x: np.ndarray) -> list[dict]:
+    """Features with samples outside the integers' range: index, fraction, real range."""
+    x = np.asarray(x, dtype=np.float64)
+    raw = np.floor(x / model.in_scale + 0.5) + model.in_zero
+    out = ((raw < model.in_lo) | (raw > model.in_hi)).mean(axis=0)
+    lo = (model.in_lo - model.in_zero) * model.in_scale
+    hi = (model.in_hi - model.in_zero) * model.in_scale
+    return [{"feature": int(j), "fraction": float(out[j]), "range": [float(lo[j]), float(hi[j])]}
+            for j in np.flatnonzero(out)]
+
+
+@dataclass
+class Certificate:
+    """certify()'s answer for a batch."""
+
+    bound: np.ndarray  # [n]: max over outputs and the cell of |board - float|
+    certified: np.ndarray  # [n] bool: float argmax == board argmax in the whole cell
+    observed: np.ndarray  # [n]: |board - float| at the sample itself (max over outputs)
+
+    def summary(self) -> dict:
+        return {"median_bound": float(np.median(self.bound)),
+                "max_bound": float(self.bound.max()),
+                "max_observed": float(self.observed.max()),
+                "certified": float(self.certified.mean())}
+
+
+def _zonotope(layers: list[FloatLayer], center: np.ndarray, radius: np.ndarray,
+              chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The float network over the boxes center ± radius [n, n_in], in affine form:
+    outputs = c + G e with noise symbols e in [-1, 1]; returns (c [n, k], G [n, k, s])."""
+    cs, gs = [], []
+    for start in range(0, len(center), chunk):
+        c = center[start:start + chunk]
+        g = np.zeros((len(c), c.shape[1], c.shape[1]))
+        idx = np.arange(c.shape[1])
+        g[:, idx, idx] = radius[start:start + chunk]
+        for layer in layers:
+            c = c @ layer.weight.T + (0 if layer.bias is None else layer.bias)
+            g = np.einsum("oi,nis->nos", layer.weight, g)
+            if layer.act == "none":
+                continue
+            r = np.abs(g).sum(axis=2)
+            lo, hi = c - r, c + r
+            straddle = (lo < 0) & (hi > 0)
+            if layer.act in ("relu", "leaky"):
+                # DeepZ: exact where the sign is decided in the box; else the chord's
+                # slope lam, between lam*z and lam*z + (lam - a)(-lo) (a: the slope below 0)
+                a = layer.slope if layer.act == "leaky" else 0.0
+                lam = np.where(lo >= 0, 1.0, np.where(hi <= 0, a, (hi - a * lo) / np.where(
+                    straddle, hi - lo, 1.0)))
+                band = np.where(straddle, (lam - a) * -lo / 2, 0.0)
+                c = lam * c + band
+            else:  # clamp: exact inside the bounds; else the clipped interval, a fresh symbol
+                lo_c = np.clip(lo, layer.clamp_lo, layer.clamp_hi)
+                hi_c = np.clip(hi, layer.clamp_lo, layer.clamp_hi)
+                exact = (lo >= layer.clamp_lo) & (hi <= layer.clamp_hi)
+                lam = exact.astype(np.float64)
+                band = np.where(exact, 0.0, (hi_c - lo_c) / 2)
+                c = np.where(exact, c, (hi_c + lo_c) / 2)
+            g = lam[:, :, None] * g
+            g = np.concatenate([g, band[:, :, None] * np.eye(band.shape[1])[None]], axis=2)
+        cs.append(c)
+        gs.append(g)
+    width = max(g.shape[2] for g in gs)
+    gs = [np.pad(g, ((0, 0), (0, 0), (0, width - g.shape[2]))) for g in gs]
+    return np.concatenate(cs), np.concatenate(gs)
+
+
+def certify(model: QuantModel, layers: list[FloatLayer], x: np.ndarray) -> Certificate:
+    """Per sample: the bound on |board - float| over its input cell, and whether the
+    cell is certified (see the module docstring). layers: the float network in raw
+    input units (any equivalent form: only its function is used)."""
+    x = np.asarray(x, dtype=np.float64)
+    xq = model.quantize_input(x)
+    board = model.dequantize_output(reference.run(model, xq).out)
+    # the cell: inputs within half a step of the integer's value (a clamped feature's
+    # cell reaches the sample itself); a feature the board represents exactly (counts,
+    # pixels: discrete data) is a point
+    center = (xq - model.in_zero) * model.in_scale
+    half = 0.5 * model.in_scale * np.ones_like(center)
+    clamped = (xq <= model.in_lo) | (xq >= model.in_hi)
+    far = np.abs(x - center)
+    half = np.where(clamped & (far > half), far, np.where(far == 0, 0.0, half))
+    c, g = _zonotope(layers, center, half)
+    r = np.abs(g).sum(axis=2)
+    bound = np.maximum(np.abs(board - (c - r)), np.abs(board - (c + r))).max(axis=1)
+    f = x
+    for layer in layers:
+        f = layer.forward(f)
+    observed = np.abs(board - f).max(axis=1)
+    if model.n_outputs < 2:
+        return Certificate(bound, np.zeros(len(x), bool), observed)
+    k = np.argmax(board, axis=1)  # the board's class: it must win in the whole cell
+    ck = np.take_along_axis(c, k[:, None], 1)
+    gk = np.take_along_axis(g, k[:, None, None], 1)
+    margin_lo = (ck - c) - np.abs(gk - g).sum(axis=2)  # min over the cell of f_k - f_j
+    margin_lo[np.arange(len(k)), k] = np.inf
+    return Certificate(bound, margin_lo.min(axis=1) > 0, observed)
+
+
+__all__ = ["Certificate", "certify", "input_clipping", "layer_report"]
