@@ -148,9 +148,19 @@ def _spread(w: np.ndarray) -> float:
     return float(np.max(np.where(m > 0, a.sum(axis=1) / np.where(m > 0, m, 1), 1.0)))
 
 
-def _grid_cap(spread: float) -> int:
-    """Largest input grid that leaves the weights as many levels (balanced split)."""
-    return max(1, int(np.sqrt(_PRODUCT_BUDGET / spread)))
+def _grid_cap(spread: float, weight_bits: int = 16, n_in: int = 1) -> int:
+    """Largest input grid for a layer: one that leaves the weights as many levels
+    (balanced split), or, when the weights have fewer levels than that (8 bits), all
+    the budget they leave; 8-bit weights also bound the kernels' running sums (stored
+    offset by 128: 128 * n_in * max|x| with a margin for the bias)."""
+    balanced = np.sqrt(_PRODUCT_BUDGET / spread)
+    w_levels = (1 << (weight_bits - 1)) - 1
+    if w_levels >= balanced:
+        return max(1, int(balanced))
+    cap = _PRODUCT_BUDGET / (w_levels * spread)
+    if weight_bits == 8:
+        cap = min(cap, 0.9 * SMALL_INT / (128 * max(n_in, 2)))
+    return max(1, int(cap))
 
 
 # Fractions of a row's largest |weight| tried as the grid's edge (weights past it clip).
@@ -241,7 +251,8 @@ def quantize(
         notes += _range_warnings(calib, in_lo, in_hi)
     else:
         in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(
-            calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(spreads[0])),
+            calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(
+                spreads[0], opts.weight_bits, layers[0].n_in)),
             opts.headroom)
         far = np.flatnonzero((in_hi - in_zero >= ZERO_REACH) | (in_zero - in_lo >= ZERO_REACH))
         if len(far):
@@ -292,7 +303,7 @@ def quantize(
         else:
             lo, hi = _act_range(relu, bits)
             if not last:  # this grid is the next layer's input grid: fit it
-                cap = _grid_cap(spreads[i + 1])
+                cap = _grid_cap(spreads[i + 1], opts.weight_bits, flayers[i + 1].n_in)
                 lo, hi = max(lo, -cap), min(hi, cap)
             y_max = activation_range(outs[i], hi, opts.calib_method, opts.headroom)
             s_y = (y_max / hi) if y_max > 0 else 1.0

@@ -204,3 +204,13 @@ def test_train_qat_writes_a_checkpoint_export_keeps_on_its_grids(tmp_path):
     data = np.load(r.data_path)
     rep = q.verify(data["x_test"], data["y_test"], vms=("unix",))
     assert rep.ok, rep.failures
+
+
+def test_16_bit_activations_with_8_bit_weights_use_the_full_grid(outlier, tmp_path):
+    # the weights have 127 levels: the product budget goes to the activations
+    m, xtr, xte, kw = outlier
+    q = micromlp.export(m, calib=xtr, out=tmp_path, weight_bits=8, act_bits=16, **kw)
+    assert [ly.hi for ly in q.model.layers[:-1]] == [65535, 65535]
+    assert q.model.in_hi == 65535
+    rep = q.verify(xte, vms=("unix", "wasm"))
+    assert rep.bit_exact and rep.ok, rep.failures
