@@ -387,8 +387,16 @@ class Net:
         self.fb = self.tb = None  # the bytecode path's 16-bit views of inputs and table
 
     def _ready(self):
-        # Each layer's kernel call, gathered once its weights are in place.
+        # Each layer's kernel call, gathered once its weights are in place; for viper
+        # with 8-bit weights in RAM, the whole network as one call (micromlp_viper.net8)
         self.plan = tuple([(layer.fn, layer.w, layer.q, layer.y) for layer in self.layers])
+        self.net8 = None
+        if self.kernel == "viper" and self.stream is None and all(
+                [layer.wsize == 1 for layer in self.layers]):
+            flat = [self.x, self.bounds]
+            for layer in self.layers:
+                flat += [layer.w, layer.q, layer.y]
+            self.net8 = tuple(flat)
         return self
 
     def __repr__(self):
@@ -404,25 +412,40 @@ class Net:
         """Integer outputs for the integer inputs x; allocation-free when out is given."""
         if out is None:
             out = array("i", bytes(4 * self.n_outputs))
-        self._infer(x)
+        if x is self.x and self.net8:  # one viper call: clamp and every layer
+            _fast.PLAN = self.net8
+            _fast.net8()  # no bytecode frame: allocation-free without heap_lock
+        else:
+            self._infer(x)
         self.copy(self.y, out, self.bounds)
         return out
 
     def predict(self, x):
         """Index of the largest output (the first one on a tie); allocation-free."""
-        self._infer(x)
+        if x is self.x and self.net8:
+            _fast.PLAN = self.net8
+            _fast.net8()
+        else:
+            self._infer(x)
         return self.argmax(self.y, self.bounds)
 
     def _infer(self, x):
-        if len(x) != self.n_inputs:
-            raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
-        # Clamp inputs to the declared range: the overflow proof assumes it.
-        self.prep(x, self.x, self.bounds, self.lim)
+        # Clamp inputs to the declared range: the overflow proof assumes it. The
+        # engine's own inputs (net.x, an array('i') the caller filled) are clamped
+        # in place, inside the one viper call where there is one.
+        if x is not self.x or self.net8 is None:
+            if len(x) != self.n_inputs:
+                raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
+            self.prep(x, self.x, self.bounds, self.lim)
         _lock()
         self._layers()
         _unlock()
 
     def _layers(self):
+        if self.net8:
+            _fast.PLAN = self.net8
+            _fast.net8()
+            return
         xq = self.x
         if self.stream is None:
             for fn, w, q, y in self.plan:

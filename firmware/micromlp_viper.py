@@ -328,3 +328,160 @@ def quantize(xf: ptr32, xq: ptr32, tab: ptr32, b: ptr32) -> int:
         xq[i] = q
         i += 1
     return 0
+
+
+# The network net8() runs: Net sets it before each call (a parameter would take one
+# of the machine registers viper gives the first three locals).
+PLAN = None
+
+
+@micropython.viper
+def net8():
+    # Every layer of an all-8-bit network in one call: PLAN = (x, Net.bounds, then w,
+    # q, y of each layer); x (the engine's array('i')) is clamped in place first.
+    # Same integers as linear8 layer by layer (tests/test_engine.py): four rows share
+    # each pass over x (each input loaded and zero-tested once per four multiply-adds;
+    # two or one at a layer's end, and one where inputs can be negative). The hottest
+    # variables are assigned first: viper keeps its first three locals in registers.
+    i = 0
+    k = 0
+    xv = 0
+    a0 = 0
+    a1 = 0
+    a2 = 0
+    a3 = 0
+    n = 0
+    plan = PLAN
+    x = ptr32(plan[0])
+    b = ptr32(plan[1])  # Net.bounds: n, lo, hi, sign-extension of the inputs
+    w = ptr8(plan[2])
+    q = ptr32(plan[3])
+    y = ptr32(plan[4])
+    # clamp the inputs in place (the engine's own array('i'): any int32 it holds,
+    # sign-extended by b[6] on 64-bit ports)
+    sx = b[6]
+    lo = (b[1] << sx) >> sx
+    hi = (b[2] << sx) >> sx
+    n = b[0]
+    while i < n:
+        xv = (x[i] << sx) >> sx
+        if xv < lo:
+            x[i] = lo
+        elif xv > hi:
+            x[i] = hi
+        i += 1
+    nl = (int(len(plan)) - 2) // 3
+    li = 0
+    while li < nl:
+        w = ptr8(plan[3 * li + 2])
+        q = ptr32(plan[3 * li + 3])
+        y = ptr32(plan[3 * li + 4])
+        n = q[0]
+        end = q[1]
+        lo = q[2]
+        hi = q[3]
+        bias = q[4]
+        k = q[7]
+        sx = q[8]
+        xsx = q[10]
+        lm = q[11]
+        ls = q[12]
+        lr = q[13]
+        lf = (q[14] << sx) >> sx
+        lo = (lo << sx) >> sx
+        hi = (hi << sx) >> sx
+        s = 0
+        i = 0
+        while i < n:
+            s += (x[i] << xsx) >> xsx
+            i += 1
+        s = s << 7
+        o = 0
+        n2 = n + n
+        n3 = n2 + n
+        while o < end:
+            j = 15 + 4 * o
+            a0 = 0 - s
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            rows = 1
+            if not xsx:
+                rows = end - o
+                if rows > 4:
+                    rows = 4
+                if rows == 3:
+                    rows = 2
+            if bias:
+                a0 += (q[j] << sx) >> sx
+                if rows > 1:
+                    a1 += (q[j + 4] << sx) >> sx
+                if rows > 2:
+                    a2 += (q[j + 8] << sx) >> sx
+                    a3 += (q[j + 12] << sx) >> sx
+            i = 0
+            if xsx:  # inputs that can be negative: one row at a time, sign-extended
+                while i < n:
+                    a0 += int(w[k]) * ((x[i] << xsx) >> xsx)
+                    i += 1
+                    k += 1
+            elif rows == 4:
+                while i < n:
+                    xv = x[i]
+                    if xv:
+                        a0 += int(w[k]) * xv
+                        a1 += int(w[k + n]) * xv
+                        a2 += int(w[k + n2]) * xv
+                        a3 += int(w[k + n3]) * xv
+                    i += 1
+                    k += 1
+                k += n3
+            elif rows == 2:
+                while i < n:
+                    xv = x[i]
+                    if xv:
+                        a0 += int(w[k]) * xv
+                        a1 += int(w[k + n]) * xv
+                    i += 1
+                    k += 1
+                k += n
+            else:
+                while i < n:
+                    xv = x[i]
+                    if xv:
+                        a0 += int(w[k]) * xv
+                    i += 1
+                    k += 1
+            t = 0
+            while t < rows:
+                acc = a0
+                if t == 1:
+                    acc = a1
+                elif t == 2:
+                    acc = a2
+                elif t == 3:
+                    acc = a3
+                m = q[j + 1]
+                r = q[j + 2]
+                sh = q[j + 3]
+                if sh < 15:
+                    acc = (acc * m + r) >> sh
+                else:  # split at bit 15 so no product reaches 2**30 (see micromlp._linear)
+                    lo15 = 0
+                    if sh == 15:
+                        lo15 = 16384
+                    acc = ((acc >> 15) * m + r + (((acc & 32767) * m + lo15) >> 15)) >> (sh - 15)
+                if acc < 0 and lm:  # LeakyReLU
+                    if acc < lf:
+                        acc = lf
+                    acc = (acc * lm + lr) >> ls
+                if acc < lo:
+                    acc = lo
+                elif acc > hi:
+                    acc = hi
+                y[o] = acc
+                o += 1
+                j += 4
+                t += 1
+        x = y
+        li += 1

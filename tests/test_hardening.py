@@ -189,6 +189,13 @@ for kw in KWS:
     f0 = pre()
     net.predict(x)
     post(c, f0)
+    d = repr(kw) + ' run(net.x)'  # the engine's own inputs: one viper call, no lock
+    nx = net.x
+    for i in range(len(x)):
+        nx[i] = x[i]
+    f0 = pre()
+    net.run(nx, out)
+    post(d, f0)
 """
     full = [{"kernel": k, "stream": s} for k in ("viper", "native", "portable")
             for s in (False, True)]
@@ -198,7 +205,7 @@ for kw in KWS:
                            capture_output=True, text=True)
         lines = p.stdout.splitlines()
         assert lines and lines[0] == "control COLLECTED", p.stdout + p.stderr
-        assert len(lines) == 1 + 3 * len(kws), p.stdout + p.stderr
+        assert len(lines) == 1 + 4 * len(kws), p.stdout + p.stderr
         assert all(line.endswith(" ok") for line in lines[1:]), p.stdout
 
 
@@ -273,3 +280,42 @@ def test_bench_reports_no_heap_block_per_inference(bases, tmp_path):
     for r in unix:
         assert r.heap_block is False and r.alloc == 0, r
         assert r.float_heap_block is True, r
+
+
+def test_the_engines_own_inputs_clamp_like_any_other(tmp_path, bases):
+    # run(net.x) clamps net.x in place (inside the one viper call on viper): any int32
+    # it holds, negative ones on a port whose inputs are never negative included
+    vms.stage_firmware(tmp_path)
+    (tmp_path / "m.mlp").write_bytes(bases["relu8"])
+    rows = [[3, -1, 2, 0, 5], [2**31 - 1, -2**31, 7, -300, 300], [0, 0, 0, 0, 0]]
+    (tmp_path / "s.py").write_text(f"""
+import micromlp
+from array import array
+for k in ('viper', 'native', 'portable'):
+    net = micromlp.load('m.mlp', kernel=k)
+    for r in {rows!r}:
+        a = list(net.run(r))
+        for i in range(len(r)):
+            net.x[i] = r[i]
+        b = list(net.run(net.x))
+        p = net.predict(net.x)
+        c = [min(max(v, net.in_lo), net.in_hi) for v in r]
+        print(k, a == b, p == a.index(max(a)), list(net.x) == c)
+""")
+    p = subprocess.run([vms.unix_exe(), "s.py"], cwd=tmp_path, capture_output=True, text=True)
+    lines = p.stdout.splitlines()
+    assert len(lines) == 9 and all(line.endswith("True True True") for line in lines), (
+        p.stdout + p.stderr)
+    model = modelfile.from_bytes(bases["relu8"])
+    want = reference.run(model, np.clip(rows, model.in_lo, model.in_hi)).out
+    (tmp_path / "t.py").write_text(f"""
+import micromlp
+net = micromlp.load('m.mlp', kernel='viper')
+for r in {rows!r}:
+    for i in range(len(r)):
+        net.x[i] = r[i]
+    print(list(net.run(net.x)))
+""")
+    p = subprocess.run([vms.unix_exe(), "t.py"], cwd=tmp_path, capture_output=True, text=True)
+    got = [eval(line) for line in p.stdout.splitlines()]
+    assert got == want.tolist(), p.stdout + p.stderr
