@@ -62,15 +62,25 @@ _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below th
 _F32_INF = const(0x7F800000)  # float32 bits of +inf: positive finite is 0 < bits < this
 _REACH = const(0x20000000)  # 2**29: inputs and their zero points stay this close to 0
 
-# A layer's parameters as one int32 array q, shared by every kernel:
-# q[0..14] = n_in, n_out, lo, hi, has_bias, first row, end row, weight offset,
-# 32 on 64-bit ports (viper sign-extends 32-bit loads with it) else 0, weight
-# zero point (128 for 8-bit weights, stored offset-binary, else 0), the same
-# shift for the inputs (0 when they are never negative), LeakyReLU's slope_mult
-# (0: no LeakyReLU), slope_shift, its rounding term, and the floor a negative
-# value is clamped to before the slope multiplies it; then per channel c at
-# 15 + 4*c: bias, mult, rnd, shift; rnd = 2**(shift-1) (0 for shift 0), or from
-# shift 15 on, 2**(shift-16) (0 for shift 15), the rounding term above bit 15.
+# A layer's parameters as one int32 array q, shared by every kernel; its slots:
+_N_IN = const(0)  # inputs
+_N_OUT = const(1)  # outputs
+_LO = const(2)  # the output clamp [lo, hi]
+_HI = const(3)
+_HAS_BIAS = const(4)
+_ROW0 = const(5)  # the rows a kernel call computes: first, end (streaming: a block)
+_ROW_END = const(6)
+_W_OFF = const(7)  # where row _ROW0's weights start in w
+_SX = const(8)  # 32 on 64-bit ports (viper sign-extends 32-bit loads with it), else 0
+_W_ZERO = const(9)  # weight zero point: 128 for 8-bit weights (stored offset-binary)
+_X_SX = const(10)  # _SX where this layer's inputs can be negative, else 0
+_SLOPE_M = const(11)  # LeakyReLU: slope_mult (0: no LeakyReLU), slope_shift, its
+_SLOPE_S = const(12)  # rounding term, and the floor a negative value is clamped to
+_SLOPE_RND = const(13)  # before the slope multiplies it
+_SLOPE_FLOOR = const(14)
+# then per channel c at _Q + 4*c: bias, mult, rnd, shift; rnd = 2**(shift-1) (0 for
+# shift 0), or from shift 15 on, 2**(shift-16) (0 for shift 15), the rounding term
+# above bit 15.
 _Q = const(15)
 
 VERSION = "0.1.0"
@@ -97,28 +107,28 @@ _ACC = [0, 0, 0, 0]  # the portable kernel's accumulators, handed to its epilogu
 
 
 def _linear(x, w, q, y):
-    # The portable kernel: rows q[5]..q[6]-1 of y = clamp(round((W x + b) * mult
-    # / 2**shift)), weights of row q[5] at w[q[7]]. 8-bit weights are stored as
+    # The portable kernel: rows q[_ROW0]..q[_ROW_END]-1 of y = clamp(round((W x + b) * mult
+    # / 2**shift)), weights of row q[_ROW0] at w[q[_W_OFF]]. 8-bit weights are stored as
     # u = w + 128, so sum(w x) = sum(u x) - 128 sum(x): plain bytes, no sign
     # fix per multiply. Four rows share each pass over x, which saves loop steps
     # and index updates per multiply-add, and a zero input (ReLU makes many)
     # skips its four multiply-adds; the rest go one row at a time.
-    n = q[0]
-    lo = q[2]
-    hi = q[3]
-    bias = q[4]
-    o = q[5]
-    end = q[6]
-    k = q[7]
+    n = q[_N_IN]
+    lo = q[_LO]
+    hi = q[_HI]
+    bias = q[_HAS_BIAS]
+    o = q[_ROW0]
+    end = q[_ROW_END]
+    k = q[_W_OFF]
     s = 0
-    if q[9]:
+    if q[_W_ZERO]:
         for xv in x:
             s += xv
-        s *= q[9]
-    lm = q[11]
-    ls = q[12]
-    lr = q[13]
-    lf = q[14]
+        s *= q[_W_ZERO]
+    lm = q[_SLOPE_M]
+    ls = q[_SLOPE_S]
+    lr = q[_SLOPE_RND]
+    lf = q[_SLOPE_FLOOR]
     n2 = n + n
     n3 = n2 + n
     acc = _ACC
@@ -322,9 +332,9 @@ class Layer:
 
     def __init__(self, q, w, wsize, relu, fn, typed):
         self.q = q
-        self.n_in = q[0]
-        self.n_out = q[1]
-        self.has_bias = q[4]
+        self.n_in = q[_N_IN]
+        self.n_out = q[_N_OUT]
+        self.has_bias = q[_HAS_BIAS]
         self.w = w  # bytes-like (8-bit weights, offset by 128) or array('h') (16-bit)
         self.wsize = wsize
         self.relu = relu
@@ -375,7 +385,7 @@ class Net:
                 in_hi,
                 sx if in_lo < 0 else 0,
                 self.n_outputs,
-                sx if layers[-1].q[2] < 0 else 0,
+                sx if layers[-1].q[_LO] < 0 else 0,
                 sx,
             ],
         )
@@ -412,38 +422,39 @@ class Net:
         """Integer outputs for the integer inputs x; allocation-free when out is given."""
         if out is None:
             out = array("i", bytes(4 * self.n_outputs))
-        if x is self.x and self.net8:  # one viper call: clamp and every layer
-            _fast.PLAN = self.net8
-            _fast.net8()  # no bytecode frame: allocation-free without heap_lock
-        else:
+        if not self._net8(x):
             self._infer(x)
         self.copy(self.y, out, self.bounds)
         return out
 
     def predict(self, x):
         """Index of the largest output (the first one on a tie); allocation-free."""
-        if x is self.x and self.net8:
-            _fast.PLAN = self.net8
-            _fast.net8()
-        else:
+        if not self._net8(x):
             self._infer(x)
         return self.argmax(self.y, self.bounds)
 
+    def _net8(self, x):
+        # The one viper call (clamp and every layer; no bytecode frame, so nothing is
+        # allocated even without heap_lock) where x is an array('i'): True if it ran.
+        if self.net8 is None or type(x) is not array:
+            return False
+        _fast.PLAN = self.net8
+        _fast.SRC = x
+        return _fast.net8()
+
     def _infer(self, x):
-        # Clamp inputs to the declared range: the overflow proof assumes it. The
-        # engine's own inputs (net.x, an array('i') the caller filled) are clamped
-        # in place, inside the one viper call where there is one.
-        if x is not self.x or self.net8 is None:
-            if len(x) != self.n_inputs:
-                raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
-            self.prep(x, self.x, self.bounds, self.lim)
+        # Clamp inputs to the declared range: the overflow proof assumes it.
+        if len(x) != self.n_inputs:
+            raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
+        self.prep(x, self.x, self.bounds, self.lim)
         _lock()
         self._layers()
         _unlock()
 
     def _layers(self):
-        if self.net8:
+        if self.net8:  # inputs already in self.x
             _fast.PLAN = self.net8
+            _fast.SRC = self.x
             _fast.net8()
             return
         xq = self.x
@@ -472,12 +483,12 @@ class Net:
                 end = n_out
             f.seek(layer.w_pos + o * row_bytes)
             f.readinto(w)
-            q[5] = o
-            q[6] = end
+            q[_ROW0] = o
+            q[_ROW_END] = end
             layer.fn(x, w, q, layer.y)
             o = end
-        q[5] = 0
-        q[6] = n_out
+        q[_ROW0] = 0
+        q[_ROW_END] = n_out
 
     def _floats(self, table):
         # the file's input table (n float32 scales, n int32 zero points), for quantize
@@ -852,8 +863,8 @@ def _read(f, kernel, keep):
         q, w, w_pos, wsize, relu, last_bits = _read_layer(
             r, i, n_in, x_max, keep, sx, sx if x_lo < 0 else 0
         )
-        x_max = max(-q[2], q[3])
-        x_lo = q[2]
+        x_max = max(-q[_LO], q[_HI])
+        x_lo = q[_LO]
         layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel == "viper")
         layer.w_pos = w_pos
         layers.append(layer)
@@ -941,7 +952,7 @@ def load(src, kernel=None, stream=False, chunk=2048):
         for layer in net.layers:
             if layer.w is None:
                 layer.w = data
-                layer.q[7] = layer.w_pos
+                layer.q[_W_OFF] = layer.w_pos
         return net._ready()
     raise TypeError("load() takes a path, a binary file or a model module")
 

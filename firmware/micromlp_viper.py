@@ -1,30 +1,49 @@
 # Fast kernels for micromlp.py on ports with the native and viper emitters.
 #
-# Same contract as micromlp._linear (the portable kernel): rows q[5]..q[6]-1 of
+# Same contract as micromlp._linear (the portable kernel): rows q[_ROW0]..q[_ROW_END]-1 of
 # y = clamp(round((W x + b) * mult / 2**shift)); layout of q in micromlp.py.
 # Every value stays below 2**30 (the exporter proves it), so a viper machine
 # word never wraps. Viper loads are unsigned: 8-bit weights are stored as
 # w + 128 (so sum(w x) = sum(u x) - 128 sum(x)), 16-bit ones are sign-extended
-# by xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[8] = 32;
-# q[10] = 32 too when the layer's inputs can be negative).
+# by xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[_SX] = 32;
+# q[_X_SX] = 32 too when the layer's inputs can be negative).
 import micropython
+from micropython import const
+
+# The slots of a layer's parameter array q (micromlp.py describes them)
+_N_IN = const(0)
+_N_OUT = const(1)
+_LO = const(2)
+_HI = const(3)
+_HAS_BIAS = const(4)
+_ROW0 = const(5)
+_ROW_END = const(6)
+_W_OFF = const(7)
+_SX = const(8)
+_W_ZERO = const(9)
+_X_SX = const(10)
+_SLOPE_M = const(11)
+_SLOPE_S = const(12)
+_SLOPE_RND = const(13)
+_SLOPE_FLOOR = const(14)
+_Q = const(15)
 
 
 @micropython.viper
 def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
-    n = q[0]
-    lo = q[2]
-    hi = q[3]
-    bias = q[4]
-    o = q[5]
-    end = q[6]
-    k = q[7]
-    sx = q[8]
-    xsx = q[10]  # 0 when this layer's inputs are never negative
-    lm = q[11]
-    ls = q[12]
-    lr = q[13]
-    lf = (q[14] << sx) >> sx
+    n = q[_N_IN]
+    lo = q[_LO]
+    hi = q[_HI]
+    bias = q[_HAS_BIAS]
+    o = q[_ROW0]
+    end = q[_ROW_END]
+    k = q[_W_OFF]
+    sx = q[_SX]
+    xsx = q[_X_SX]  # 0 when this layer's inputs are never negative
+    lm = q[_SLOPE_M]
+    ls = q[_SLOPE_S]
+    lr = q[_SLOPE_RND]
+    lf = (q[_SLOPE_FLOOR] << sx) >> sx
     lo = (lo << sx) >> sx
     hi = (hi << sx) >> sx
     s = 0
@@ -34,7 +53,7 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
         i += 1
     s = s << 7
     while o < end:
-        j = 15 + 4 * o
+        j = _Q + 4 * o
         acc = 0 - s
         if bias:
             acc += (q[j] << sx) >> sx
@@ -74,22 +93,22 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
 
 @micropython.viper
 def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
-    n = q[0]
-    lo = q[2]
-    hi = q[3]
-    bias = q[4]
-    o = q[5]
-    end = q[6]
-    k = q[7] >> 1  # byte offset to int16 index
-    sx = q[8]
-    lm = q[11]
-    ls = q[12]
-    lr = q[13]
-    lf = (q[14] << sx) >> sx
+    n = q[_N_IN]
+    lo = q[_LO]
+    hi = q[_HI]
+    bias = q[_HAS_BIAS]
+    o = q[_ROW0]
+    end = q[_ROW_END]
+    k = q[_W_OFF] >> 1  # byte offset to int16 index
+    sx = q[_SX]
+    lm = q[_SLOPE_M]
+    ls = q[_SLOPE_S]
+    lr = q[_SLOPE_RND]
+    lf = (q[_SLOPE_FLOOR] << sx) >> sx
     lo = (lo << sx) >> sx
     hi = (hi << sx) >> sx
     while o < end:
-        j = 15 + 4 * o
+        j = _Q + 4 * o
         acc = 0
         if bias:
             acc = (q[j] << sx) >> sx
@@ -128,27 +147,27 @@ _ACC_N = [0, 0, 0, 0]  # linear_native's accumulators
 def linear_native(x, w, q, y):
     # micromlp._linear, line for line, compiled to machine code (about 1.8x
     # faster); tests/test_kernels.py checks that the two stay identical.
-    n = q[0]
-    lo = q[2]
-    hi = q[3]
-    bias = q[4]
-    o = q[5]
-    end = q[6]
-    k = q[7]
+    n = q[_N_IN]
+    lo = q[_LO]
+    hi = q[_HI]
+    bias = q[_HAS_BIAS]
+    o = q[_ROW0]
+    end = q[_ROW_END]
+    k = q[_W_OFF]
     s = 0
-    if q[9]:
+    if q[_W_ZERO]:
         for xv in x:
             s += xv
-        s *= q[9]
-    lm = q[11]
-    ls = q[12]
-    lr = q[13]
-    lf = q[14]
+        s *= q[_W_ZERO]
+    lm = q[_SLOPE_M]
+    ls = q[_SLOPE_S]
+    lr = q[_SLOPE_RND]
+    lf = q[_SLOPE_FLOOR]
     n2 = n + n
     n3 = n2 + n
     acc = _ACC_N
     while o < end:
-        j = 15 + 4 * o
+        j = _Q + 4 * o
         if o + 3 < end:
             a0 = a1 = a2 = a3 = -s
             if bias:
@@ -330,15 +349,18 @@ def quantize(xf: ptr32, xq: ptr32, tab: ptr32, b: ptr32) -> int:
     return 0
 
 
-# The network net8() runs: Net sets it before each call (a parameter would take one
-# of the machine registers viper gives the first three locals).
+# What net8() runs: Net sets them before each call (a parameter would take one of
+# the machine registers viper gives the first three locals). SRC: the inputs, an
+# array (the engine's own net.x, or the caller's).
 PLAN = None
+SRC = None
 
 
 @micropython.viper
-def net8():
+def net8() -> int:
     # Every layer of an all-8-bit network in one call: PLAN = (x, Net.bounds, then w,
-    # q, y of each layer); x (the engine's array('i')) is clamped in place first.
+    # q, y of each layer); the inputs SRC, clamped into x first. Returns 1, or 0 when
+    # SRC is not an array('i') of the right length (nothing is computed).
     # Same integers as linear8 layer by layer (tests/test_engine.py): four rows share
     # each pass over x (each input loaded and zero-tested once per four multiply-adds;
     # two or one at a layer's end, and one where inputs can be negative). The hottest
@@ -357,18 +379,26 @@ def net8():
     w = ptr8(plan[2])
     q = ptr32(plan[3])
     y = ptr32(plan[4])
-    # clamp the inputs in place (the engine's own array('i'): any int32 it holds,
-    # sign-extended by b[6] on 64-bit ports)
+    # The inputs: SRC must be an array('i') of n values (its typecode byte follows the
+    # object's type pointer, as in every MicroPython since 1.0), else 0 is returned
+    # and the caller takes the checked path. Clamped into x, sign-extended by b[6] on
+    # 64-bit ports: any int32 clamps right.
+    src = SRC
     sx = b[6]
+    n = b[0]
+    head = ptr8(int(id(src)))
+    if head[8 if sx else 4] != 0x69 or int(len(src)) != n:  # 0x69: 'i'
+        return 0
+    xs = ptr32(src)
     lo = (b[1] << sx) >> sx
     hi = (b[2] << sx) >> sx
-    n = b[0]
     while i < n:
-        xv = (x[i] << sx) >> sx
+        xv = (xs[i] << sx) >> sx
         if xv < lo:
-            x[i] = lo
+            xv = lo
         elif xv > hi:
-            x[i] = hi
+            xv = hi
+        x[i] = xv
         i += 1
     nl = (int(len(plan)) - 2) // 3
     li = 0
@@ -376,18 +406,18 @@ def net8():
         w = ptr8(plan[3 * li + 2])
         q = ptr32(plan[3 * li + 3])
         y = ptr32(plan[3 * li + 4])
-        n = q[0]
-        end = q[1]
-        lo = q[2]
-        hi = q[3]
-        bias = q[4]
-        k = q[7]
-        sx = q[8]
-        xsx = q[10]
-        lm = q[11]
-        ls = q[12]
-        lr = q[13]
-        lf = (q[14] << sx) >> sx
+        n = q[_N_IN]
+        end = q[_N_OUT]
+        lo = q[_LO]
+        hi = q[_HI]
+        bias = q[_HAS_BIAS]
+        k = q[_W_OFF]
+        sx = q[_SX]
+        xsx = q[_X_SX]
+        lm = q[_SLOPE_M]
+        ls = q[_SLOPE_S]
+        lr = q[_SLOPE_RND]
+        lf = (q[_SLOPE_FLOOR] << sx) >> sx
         lo = (lo << sx) >> sx
         hi = (hi << sx) >> sx
         s = 0
@@ -400,7 +430,7 @@ def net8():
         n2 = n + n
         n3 = n2 + n
         while o < end:
-            j = 15 + 4 * o
+            j = _Q + 4 * o
             a0 = 0 - s
             a1 = a0
             a2 = a0
@@ -485,3 +515,4 @@ def net8():
                 t += 1
         x = y
         li += 1
+    return 1

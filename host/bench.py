@@ -9,7 +9,6 @@ fuel on the 32-bit WASI port is a deterministic instruction count.
 from __future__ import annotations
 
 import shutil
-import statistics
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -23,14 +22,23 @@ from ..export.pymodule import module_source, mpy_cross
 from ..export.qmodel import QuantModel
 from . import vms
 
+# (label, kernel, stream, inputs): what run() is given, an array('i') (for viper with
+# 8-bit weights in RAM: one call per inference) or a list (clamped by the bytecode
+# path first). All run in one process, interleaved with the float baseline.
 UNIX_CONFIGS = [
-    ("viper", False),
-    ("native", False),
-    ("portable", False),
-    ("viper", True),
-    ("portable", True),
+    ("viper", "viper", False, "array"),
+    ("viper", "viper", False, "list"),
+    ("native", "native", False, "array"),
+    ("portable", "portable", False, "array"),
+    ("tiny", "tiny", False, "array"),
+    ("viper", "viper", True, "array"),
+    ("portable", "portable", True, "array"),
 ]
-WASM_CONFIGS = [("portable", False), ("portable", True)]
+WASM_CONFIGS = [("portable", False), ("tiny", False), ("portable", True)]
+WEBASSEMBLY_CONFIGS = [  # MicroPython's WebAssembly port under Node (the browser's)
+    ("portable", "portable", False, "array"),
+    ("tiny", "tiny", False, "array"),
+]
 HEAP_FORMS = ("mlp", "py", "mpy", "mlp-stream", "tiny", "tiny-stream", "tiny-mpy")
 
 
@@ -41,11 +49,15 @@ class KernelRun:
     vm: str
     kernel: str
     stream: bool
-    us: float | None = None  # median µs per inference
+    inputs: str = "array"  # what run() was given (see UNIX_CONFIGS)
+    us: float | None = None  # median µs per inference over the rounds
     us_min: float | None = None
     us_max: float | None = None
-    float_us: float | None = None
-    speedup: float | None = None  # best-round float time / best-round engine time
+    float_us: float | None = None  # the baseline's median
+    speedup: float | None = None  # median over rounds of float time / engine time
+    speedup_min: float | None = None
+    speedup_max: float | None = None
+    vs_c: float | None = None  # median engine time / median C kernel time
     fuel: float | None = None  # per inference (WASI)
     fuel_per_mac: float | None = None
     float_fuel: float | None = None
@@ -70,6 +82,10 @@ class BenchReport:
     zero_inputs: float = 0.0  # fraction of input values that are 0
     runs: list[KernelRun] = field(default_factory=list)
     min_heap_unix: dict[str, int] = field(default_factory=dict)  # smallest -X heapsize
+    c_us: float | None = None  # the C kernel (host/ckernel.py): median µs per inference
+    c_us_min: float | None = None
+    c_us_max: float | None = None
+    c_note: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,29 +157,54 @@ def _float_heap(model: QuantModel) -> str:
     return f"{max(8, (params * 256) >> 20)}M"
 
 
-# Runs on the VM. Engine and float baseline alternate round by round so that
-# machine load affects both alike.
+# Runs on the VM: every configuration and the float baseline in one process, each
+# round timing all of them in turn, so that machine load affects them alike.
 _TIMING = """
 import sys
 sys.path.insert(0, {dir!r})
 import gc, time
 from array import array
-import micromlp, float_mlp
+import micromlp, micromlp_tiny, float_mlp
 float_mlp.load({dir!r} + '/float_mlp.bin')
-net = micromlp.load({dir!r} + '/model.mlp', kernel={kernel!r}, stream={stream!r})
+CONFIGS = {configs!r}
 X = [array('i', r) for r in {xs!r}]
 XF = [[float(v) for v in r] for r in {xs!r}]
-out = array('i', bytes(4 * net.n_outputs))
-def t_int(n):
+NETS = []
+for label, kernel, stream, inputs in CONFIGS:
+    if kernel == 'tiny':
+        NETS.append(micromlp_tiny.load({dir!r} + '/model.mlp', stream=stream))
+    else:
+        NETS.append(micromlp.load({dir!r} + '/model.mlp', kernel=kernel, stream=stream))
+out = array('i', bytes(4 * NETS[0].n_outputs))
+XL = [list(r) for r in X]
+NET = ROWS = None
+def run_n(n):  # few locals: a larger frame would go on the heap and be counted
     t = time.ticks_us()
     for i in range(n):
-        net.run(X[i % {nx}], out)
+        NET.run(ROWS[i % {nx}], out)
     return time.ticks_diff(time.ticks_us(), t)
+def timer(c, n):
+    global NET, ROWS
+    NET = NETS[c]
+    ROWS = X if CONFIGS[c][3] == 'array' else XL
+    return run_n(n)
 def t_float(n):
     t = time.ticks_us()
     for i in range(n):
         float_mlp.run(XF[i % {nx}])
     return time.ticks_diff(time.ticks_us(), t)
+def calibrate(f):  # runs per timed stretch of about {budget} us (a coarse clock too)
+    n = 1
+    t = f(n)
+    while t < {budget} // 4:
+        n *= 2
+        t = f(n)
+    return max(1, n * {budget} // max(1, t))
+N = [calibrate(lambda n: timer(c, n)) for c in range(len(CONFIGS))]
+NF = calibrate(t_float)
+for r in range({rounds}):
+    print('T', ' '.join([str(timer(c, N[c]) / N[c]) for c in range(len(CONFIGS))]),
+          t_float(NF) / NF)
 def alloc(f, n):
     gc.collect()
     gc.disable()
@@ -171,11 +212,7 @@ def alloc(f, n):
     f(n)
     a = gc.mem_alloc() - a
     gc.enable()
-    return a
-ni = max(1, 30000 // max(1, t_int(1)))
-nf = max(1, 30000 // max(1, t_float(1)))
-for r in range({rounds}):
-    print('T', t_int(ni) / ni, t_float(nf) / nf)
+    return a / n
 def blocks(f):
     # with gc.threshold(1) any allocation collects, and the garbage made first is
     # freed, so mem_free grows: a block taken and freed at once still shows
@@ -188,17 +225,26 @@ def blocks(f):
     b = gc.mem_free()
     gc.threshold(-1)
     return 1 if b > a else 0
-print('A', alloc(t_int, 20) / 20, alloc(t_float, 2) / 2)
-print('B', blocks(t_int), blocks(t_float))
+def both(f, n):  # net allocation; a block freed at once (only worth a look when net is 0:
+    # under gc.threshold(1) each allocation collects the whole heap)
+    a = alloc(f, n)
+    return a, 1 if a > 0 else blocks(f)
+for c in range(len(CONFIGS)):
+    timer(c, 1)  # NET and ROWS set: what follows measures run_n alone
+    print('A', c, *both(run_n, 20))
+print('F', *both(t_float, 2))
 """
 
 _FUEL = """
 import sys
 sys.path.insert(0, '/input')
 from array import array
-import micromlp, float_mlp
+import micromlp, micromlp_tiny, float_mlp
 float_mlp.load('/input/float_mlp.bin')
-net = micromlp.load('/input/model.mlp', kernel={kernel!r}, stream={stream!r})
+if {kernel!r} == 'tiny':
+    net = micromlp_tiny.load('/input/model.mlp', stream={stream!r})
+else:
+    net = micromlp.load('/input/model.mlp', kernel={kernel!r}, stream={stream!r})
 X = [array('i', r) for r in {xs!r}]
 XF = [[float(v) for v in r] for r in {xs!r}]
 out = array('i', bytes(4 * net.n_outputs))
@@ -225,6 +271,8 @@ _HEAP_RUN = "x = [{x}]\nprint(list(net.run(x)) == {expect})\n"
 
 def _stage(model_path: Path, workdir: Path, model: QuantModel, mpy: bool = True) -> None:
     vms.stage_firmware(workdir)
+    for f in [vms.engine_source().with_name("micromlp_tiny.py")] + vms.tiny_loader_files():
+        shutil.copy(f, workdir / f.name)  # the tiny engine, importable as micromlp_tiny
     shutil.copy(model_path, workdir / "model.mlp")
     (workdir / "float_mlp.py").write_text(FLOAT_MLP)
     (workdir / "float_mlp.bin").write_bytes(float_weights(model))
@@ -238,48 +286,57 @@ def _inputs(model: QuantModel, n: int = 8, seed: int = 0) -> list[list[int]]:
     return rng.integers(model.in_lo, model.in_hi + 1, size=(n, model.n_inputs)).tolist()
 
 
-def _unix_timing(
-    model_path: Path,
-    model: QuantModel,
-    kernel: str,
-    stream: bool,
-    rounds: int,
-    xs: list[list[int]],
-) -> KernelRun:
+def _unix_timings(model_path: Path, model: QuantModel, rounds: int,
+                  xs: list[list[int]], vm: str = "unix") -> list[KernelRun]:
+    """Every configuration the model allows, in one interleaved process: UNIX_CONFIGS
+    on the unix port, WEBASSEMBLY_CONFIGS on the WebAssembly port (Node)."""
+    configs = [c for c in (UNIX_CONFIGS if vm == "unix" else WEBASSEMBLY_CONFIGS)
+               if c[1] != "tiny" or all(ly.w_bits == 8 for ly in model.layers)]
     with tempfile.TemporaryDirectory(prefix="micromlp-bench-") as tmp:
         tmp = Path(tmp)
         _stage(model_path, tmp, model)
-        (tmp / "t.py").write_text(
-            _TIMING.format(
-                dir=str(tmp), kernel=kernel, stream=stream, xs=xs, nx=len(xs), rounds=rounds
-            )
-        )
-        proc = subprocess.run(
-            [vms.unix_exe(), "-X", f"heapsize={_float_heap(model)}", "t.py"],
-            cwd=tmp,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-    if proc.returncode != 0:
-        raise vms.VMError(f"unix bench ({kernel}): {proc.stderr.strip()[-400:]}")
-    t_int, t_float = [], []
-    run = KernelRun("unix", kernel, stream)
-    for line in proc.stdout.splitlines():
+        if vm == "unix":
+            (tmp / "t.py").write_text(_TIMING.format(
+                dir=str(tmp), configs=configs, xs=xs, nx=len(xs), rounds=rounds, budget=20000))
+            proc = subprocess.run(
+                [vms.unix_exe(), "-X", f"heapsize={_float_heap(model)}", "t.py"],
+                cwd=tmp, capture_output=True, text=True, timeout=3600)
+            if proc.returncode != 0:
+                raise vms.VMError(f"unix bench: {proc.stderr.strip()[-400:]}")
+            stdout = proc.stdout
+        else:
+            from . import webassembly
+
+            # its clock ticks in milliseconds: longer timed stretches
+            code = _TIMING.format(dir="/work", configs=configs, xs=xs, nx=len(xs),
+                                  rounds=rounds, budget=300000)
+            try:
+                stdout = webassembly.run(code, tmp, heapsize=64 << 20)
+            except webassembly.WebAssemblyError as e:
+                raise vms.VMError(str(e)) from None
+    rows, allocs, fl = [], {}, None
+    for line in stdout.splitlines():
         f = line.split()
         if f[0] == "T":
-            t_int.append(float(f[1]))
-            t_float.append(float(f[2]))
+            rows.append([float(v) for v in f[1:]])
         elif f[0] == "A":
-            run.alloc, run.float_alloc = float(f[1]), float(f[2])
-        elif f[0] == "B":
-            run.heap_block, run.float_heap_block = f[1] == "1", f[2] == "1"
-    run.us, run.us_min, run.us_max = statistics.median(t_int), min(t_int), max(t_int)
-    run.float_us = statistics.median(t_float)
-    # best round against best round: the round least disturbed by other load on a
-    # shared machine (as timeit advises); the medians are reported beside it
-    run.speedup = min(t_float) / min(t_int)
-    return run
+            allocs[int(f[1])] = (float(f[2]), f[3] == "1")
+        elif f[0] == "F":
+            fl = (float(f[1]), f[2] == "1")
+    t = np.array(rows)  # [round, config + float]
+    runs = []
+    for c, (label, _kernel, stream, inputs) in enumerate(configs):
+        run = KernelRun(vm, label, stream, inputs)
+        ratios = t[:, -1] / t[:, c]  # float time / engine time, round by round
+        run.us, run.us_min, run.us_max = (float(np.median(t[:, c])), float(t[:, c].min()),
+                                          float(t[:, c].max()))
+        run.float_us = float(np.median(t[:, -1]))
+        run.speedup = float(np.median(ratios))
+        run.speedup_min, run.speedup_max = float(ratios.min()), float(ratios.max())
+        run.alloc, run.heap_block = allocs[c]
+        run.float_alloc, run.float_heap_block = fl
+        runs.append(run)
+    return runs
 
 
 def _wasm_fuel(
@@ -321,10 +378,14 @@ def _heap_ok(workdir: Path, form: str, heap: int, check: str) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == "True"
 
 
+MONOTONE_WINDOW = 4096  # min_heap checks every 256-byte step this far above its answer
+
+
 def min_heap(model_path: Path, model: QuantModel, form: str) -> int:
-    """Smallest `micropython -X heapsize` (bytes, 256-byte steps) that loads and runs
-    the model correctly in this form, with the engine as .mpy and the portable kernel
-    (forms "tiny*": the cut-down engine, as .mpy)."""
+    """Smallest `micropython -X heapsize` (bytes, 256-byte steps) from which every
+    larger size (checked up to MONOTONE_WINDOW above) loads and runs the model
+    correctly in this form, with the engine as .mpy and the portable kernel (forms
+    "tiny*": the cut-down engine, as .mpy)."""
     from . import reference
 
     x = _inputs(model, 1)[0]
@@ -355,7 +416,17 @@ def min_heap(model_path: Path, model: QuantModel, form: str) -> int:
                 hi = mid
             else:
                 lo = mid
-        return hi
+        # The smallest working heap is not monotone (a larger one can fail where a
+        # smaller one passed: the collector runs at other moments): move up past every
+        # failure in the 4 KB above, so that every size from the answer up passes.
+        while True:
+            fails = [h for h in range(hi + 256, hi + MONOTONE_WINDOW + 1, 256)
+                     if not _heap_ok(tmp, form, h, check)]
+            if not fails:
+                return hi
+            hi = max(fails) + 256
+            while not _heap_ok(tmp, form, hi, check):
+                hi += 256
 
 
 def file_sizes(model_path: Path) -> dict[str, int]:
@@ -401,21 +472,43 @@ def bench(
         inputs="random in-range integers" if inputs is None else "given data",
         zero_inputs=float(np.mean(np.array(xs) == 0)),
     )
+    tiny_ok = all(ly.w_bits == 8 for ly in model.layers)  # the tiny engine's one limit
     steps = (
-        [("unix", k, s) for k, s in UNIX_CONFIGS]
-        + [("wasm", k, s) for k, s in WASM_CONFIGS]
-        + ([("heap", f, False) for f in HEAP_FORMS] if heap else [])
+        [("unix", "all kernels", False), ("webassembly", "kernels", False),
+         ("c", "kernel", False)]
+        + [("wasm", k, s) for k, s in WASM_CONFIGS if k != "tiny" or tiny_ok]
+        + ([("heap", f, False) for f in HEAP_FORMS if not f.startswith("tiny") or tiny_ok]
+           if heap else [])
     )
     bar = tqdm(steps, desc=f"bench {shape}", disable=None if progress else True, leave=False)
     for what, kind, stream in bar:
         bar.set_postfix_str(f"{what} {kind}{' stream' if stream else ''}")
-        if what == "unix":
-            rep.runs.append(_unix_timing(model_path, model, kind, stream, rounds, xs))
+        if what in ("unix", "webassembly"):
+            rep.runs += _unix_timings(model_path, model, rounds, xs, what)
+        elif what == "c":
+            _c_reference(rep, model, xs, rounds)
         elif what == "wasm":
             rep.runs.append(_wasm_fuel(model_path, model, kind, stream, macs, xs))
         else:
             rep.min_heap_unix[kind] = min_heap(model_path, model, kind)
     return rep
+
+
+def _c_reference(rep: BenchReport, model: QuantModel, xs: list[list[int]], rounds: int) -> None:
+    """The C kernel's time, and each unix run's ratio to it (same machine, same moment)."""
+    from . import ckernel
+
+    times = ckernel.c_times(model, xs, rounds)
+    if times is None:
+        rep.c_note = "no C compiler on this machine: no C reference"
+        return
+    rep.c_us = float(np.median(times))
+    rep.c_us_min, rep.c_us_max = float(min(times)), float(max(times))
+    rep.c_note = (f"C kernel: the same integer arithmetic, scalar ({ckernel.compiler()} "
+                  f"{' '.join(ckernel.FLAGS)}), outputs checked against the reference")
+    for r in rep.runs:
+        if r.us is not None:
+            r.vs_c = r.us / rep.c_us
 
 
 def _fmt(v: float | None, spec: str = ".1f") -> str:
@@ -424,44 +517,29 @@ def _fmt(v: float | None, spec: str = ".1f") -> str:
 
 def format_report(rep: BenchReport, markdown: bool = False) -> str:
     """The report as aligned text or as Markdown tables."""
-    head = [
-        "vm",
-        "kernel",
-        "weights",
-        "us/inf (median, min-max)",
-        "float us",
-        "speedup",
-        "us/MAC",
-        "fuel/inf",
-        "fuel/MAC",
-        "float fuel/MAC",
-        "fuel ratio",
-        "B alloc/inf",
-        "float B alloc/inf",
-        "heap block/inf",
-    ]
+    head = ["vm", "kernel", "weights", "run() gets", "us/inf median (range)", "float us",
+            "x float, median (range)", "x C", "fuel/inf", "fuel/MAC", "float fuel/MAC",
+            "fuel ratio", "B alloc/inf", "float B alloc/inf", "heap block/inf"]
     rows = []
     for r in rep.runs:
-        rows.append(
-            [
-                r.vm,
-                r.kernel,
-                "file (stream)" if r.stream else "RAM",
-                "-" if r.us is None else f"{r.us:.1f} ({r.us_min:.1f}-{r.us_max:.1f})",
-                _fmt(r.float_us),
-                "-" if r.speedup is None else f"{r.speedup:.1f}x",
-                "-" if r.us is None else f"{r.us / rep.macs:.4f}",
-                _fmt(r.fuel, ".0f"),
-                _fmt(r.fuel_per_mac, ".0f"),
-                "-" if r.float_fuel is None else f"{r.float_fuel / rep.macs:.0f}",
-                "-"
-                if r.fuel_ratio is None
-                else f"{r.fuel_ratio:.2f} ({1 / r.fuel_ratio:.1f}x less)",
-                _fmt(r.alloc, ".0f"),
-                _fmt(r.float_alloc, ".0f"),
-                "-" if r.heap_block is None else ("yes" if r.heap_block else "none"),
-            ]
-        )
+        rows.append([
+            r.vm,
+            r.kernel,
+            "file (stream)" if r.stream else "RAM",
+            r.inputs,
+            "-" if r.us is None else f"{r.us:.2f} ({r.us_min:.2f}-{r.us_max:.2f})",
+            _fmt(r.float_us),
+            "-" if r.speedup is None else
+            f"{r.speedup:.1f}x ({r.speedup_min:.1f}-{r.speedup_max:.1f})",
+            "-" if r.vs_c is None else f"{r.vs_c:.2f}",
+            _fmt(r.fuel, ".0f"),
+            _fmt(r.fuel_per_mac, ".0f"),
+            "-" if r.float_fuel is None else f"{r.float_fuel / rep.macs:.0f}",
+            "-" if r.fuel_ratio is None else f"{r.fuel_ratio:.2f} ({1 / r.fuel_ratio:.1f}x less)",
+            _fmt(r.alloc, ".0f"),
+            _fmt(r.float_alloc, ".0f"),
+            "-" if r.heap_block is None else ("yes" if r.heap_block else "none"),
+        ])
     title = f"model {rep.layers} ({rep.macs} multiply-adds): {rep.model}"
     files = ", ".join(f"{k} {v} B" for k, v in rep.files.items())
     heap = ", ".join(f"{k} {v} B" for k, v in rep.min_heap_unix.items())
@@ -469,9 +547,16 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
         f"inputs: {rep.inputs}, {100 * rep.zero_inputs:.0f} % of input values are 0",
         f"files: {files}",
     ]
+    if rep.c_us is not None:
+        notes.append(f"{rep.c_note}: {rep.c_us:.3f} us per inference, median "
+                     f"({rep.c_us_min:.3f}-{rep.c_us_max:.3f}); *x C* is the engine's median "
+                     f"over it")
+    elif rep.c_note:
+        notes.append(rep.c_note)
     if heap:
         notes.append(
-            f"smallest `-X heapsize` that loads and runs it (unix port, 64-bit, engine "
+            f"smallest `-X heapsize` from which every larger one (checked in 256-byte steps "
+            f"up to {MONOTONE_WINDOW} B above) loads and runs it (unix port, 64-bit, engine "
             f".mpy, portable kernel; tiny: the cut-down engine deploy sends to small boards): "
             f"{heap}"
         )

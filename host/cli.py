@@ -40,13 +40,13 @@ def _hidden(text: str) -> list[int]:
 
 
 def _vm_list(text: str) -> tuple[str, ...]:
-    from .vms import FIRMWARE_VMS
+    from .vms import ALL_FIRMWARE_VMS
 
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     for n in names:
-        if n not in FIRMWARE_VMS:
+        if n not in ALL_FIRMWARE_VMS:
             raise argparse.ArgumentTypeError(
-                f"unknown VM {n!r}; choose from {', '.join(FIRMWARE_VMS)}"
+                f"unknown VM {n!r}; choose from {', '.join(ALL_FIRMWARE_VMS)}"
             )
     return names
 
@@ -204,6 +204,34 @@ def do_verify(args: argparse.Namespace) -> int:
     return 0 if rep.ok else 1
 
 
+def do_playground(args: argparse.Namespace) -> int:
+    import time
+
+    from .playground import build, serve
+    from .webassembly import WebAssemblyError
+
+    try:
+        index = build(args.model, args.output)
+    except WebAssemblyError as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {index.parent}/ (index.html, app.mjs, data.json, micromlp.py, "
+          f"{Path(args.model).name} as model.mlp, micropython.mjs/.wasm)")
+    if not args.serve:
+        print(f"serve it over http (ES modules need it): micromlp playground {args.model} "
+              f"-o {args.output} --serve")
+        return 0
+    server, url = serve(index.parent, args.port)
+    print(f"serving {url} (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return 0
+
+
 def do_board(args: argparse.Namespace) -> int:
     from .boards import BoardError, emulate
 
@@ -341,20 +369,26 @@ Produced by:
 {cmd}
 ```
 
-Each engine configuration runs in the same VM process as a plain float nested-list
-implementation of the same network (the baseline), on the same inputs, the two
-alternating round by round; *speedup* and *fuel ratio* compare with it. Times are from
-the MicroPython unix port (64-bit) on a shared machine: the table shows the median and
-the range over the rounds, and *speedup* is best round against best round (the rounds
-least disturbed by other load). Quote the ratios rather than the absolute figures.
-Fuel is wasmtime's count of executed WebAssembly instructions on the 32-bit
-WASI MicroPython: deterministic, it does not drift with machine load. Allocation is
-`gc.mem_alloc()` growth per inference with the collector paused, which nets out a block
-freed at once; *heap block/inf* catches those too: with `gc.threshold(1)` any allocation
-runs a collection, which frees garbage made just before ("none": no block at all, not
-even a bytecode frame). The smallest heap is
-found by bisection over `micropython -X heapsize=N` on the unix port, whose objects are
-64-bit: a 32-bit board needs less.
+Every engine configuration on the MicroPython unix port (64-bit) runs in one VM
+process with a plain float nested-list implementation of the same network (the
+baseline), on the same inputs; each round times every configuration and the baseline
+in turn, so machine load affects them alike. The table shows the median time and its
+range over the rounds; *x float* is the median over rounds of (baseline time / engine
+time), with its range. *x C* compares with the same integer arithmetic written in C
+(host/ckernel.py: one scalar multiply-add at a time, compiled by the system compiler,
+outputs checked against the host reference), run just after: the physical reference.
+Quote the ratios rather than the absolute figures (a shared machine). *run() gets*: an
+`array('i')` takes viper's one-call path (`micromlp_viper.net8`), a list the checked
+bytecode clamp first. Fuel is wasmtime's count of executed WebAssembly instructions on
+the 32-bit WASI MicroPython: deterministic, it does not drift with machine load.
+Allocation is `gc.mem_alloc()` growth per inference with the collector paused, which
+nets out a block freed at once; *heap block/inf* catches those too: with
+`gc.threshold(1)` any allocation runs a collection, which frees garbage made just
+before ("none": no block at all, not even a bytecode frame; no `heap_lock` is involved
+on viper's one-call path). The smallest heap is searched over `micropython -X
+heapsize=N` on the unix port (objects are 64-bit: a 32-bit board needs less), and moved
+up past every failing size in the 4 KB above, since the smallest working heap is not
+monotone.
 
 """
 
@@ -553,6 +587,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--files", metavar="DIR", help="serial: where copied files land "
                    "(default: a temporary folder)")
     p.set_defaults(func=do_board)
+
+    p = sub.add_parser("playground", help="a web page that runs the model on the engine, "
+                       "in MicroPython WebAssembly")
+    p.add_argument("model", help="a .mlp file")
+    p.add_argument("-o", "--output", default="site", help="the folder to write (default site)")
+    p.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="with --serve (0: any free port)")
+    p.set_defaults(func=do_playground)
 
     p = sub.add_parser("fuzz", help="mutated model files through every loader and VM")
     p.add_argument("-n", "--mutations", type=int, default=2000,

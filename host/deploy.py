@@ -29,7 +29,7 @@ FULL_ENGINE_MIN_FREE = {"py": 40_000, "mpy": 24_000}
 # Heap to leave for the user's code, the REPL and the self-test (full engine).
 HEADROOM = 3_000
 # The tiny engine's figures, measured on the emulated micro:bit (MicroPython 1.9.2,
-# 8,480 bytes free after a soft reset; docs/benchmarks.md, "micro:bit memory"): a
+# 8,480 bytes free after a soft reset; docs/microbit.md): a
 # load takes 3,520-3,600 bytes beyond tiny_ram() (the engine's code, namespaces,
 # what compiling on the board leaves). What decides whether the self-test (and a
 # REPL) then works is a free block for the parser (~0.5 KB) in the heap the arrays

@@ -1,4 +1,5 @@
-"""Run the firmware engine on real interpreters: CPython, the MicroPython unix port, WASI.
+"""Run the firmware engine on real interpreters: CPython, the MicroPython unix port, WASI,
+and MicroPython's WebAssembly port under Node (host/webassembly.py).
 
 Each backend takes a model file and a batch of input integers and returns the
 output integers computed by firmware/micromlp.py on that VM. Inputs go in as a
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-VM_NAMES = ("reference", "cpython", "unix", "wasm")
-FIRMWARE_VMS = ("cpython", "unix", "wasm")
+VM_NAMES = ("reference", "cpython", "unix", "wasm", "webassembly")
+FIRMWARE_VMS = ("cpython", "unix", "wasm")  # verify's default; "webassembly" on request
+ALL_FIRMWARE_VMS = FIRMWARE_VMS + ("webassembly",)
 
 
 class VMError(RuntimeError):
@@ -190,17 +192,37 @@ def wasm_run(code: str, readonly_dir: Path | None = None, heapsize: str | None =
     return res
 
 
+def _run_staged(vm: str, model_path: Path, xq: np.ndarray, n_out: int, kernel: str | None,
+                stream: bool) -> np.ndarray:
+    """Stage the engine, model and inputs in a folder, run the driver on a VM that sees
+    the folder (WASI at /input, WebAssembly at /work), parse the outputs."""
+    from . import webassembly
+
+    with tempfile.TemporaryDirectory(prefix=f"micromlp-{vm}-") as tmp:
+        tmp = Path(tmp)
+        _stage(model_path, xq, tmp, tiny=kernel == "tiny")
+        if vm == "wasm":
+            out = wasm_run(_driver("/input", kernel, stream), readonly_dir=tmp).stdout
+        else:
+            try:
+                out = webassembly.run(_driver("/work", kernel, stream), tmp)
+            except webassembly.WebAssemblyError as e:
+                raise VMError(str(e)) from None
+        return _parse(out, vm, len(xq), n_out)
+
+
 def run_wasm(
     model_path: Path, xq: np.ndarray, n_out: int, kernel: str | None = None, stream: bool = False
 ) -> np.ndarray:
     """Outputs of the engine on the 32-bit WASI MicroPython, each run under heap_lock."""
-    with tempfile.TemporaryDirectory(prefix="micromlp-wasm-") as tmp:
-        tmp = Path(tmp)
-        _stage(model_path, xq, tmp, tiny=kernel == "tiny")
-        result = wasm_run(
-            _driver("/input", kernel, stream), readonly_dir=tmp
-        )
-        return _parse(result.stdout, "wasm", len(xq), n_out)
+    return _run_staged("wasm", model_path, xq, n_out, kernel, stream)
+
+
+def run_webassembly(
+    model_path: Path, xq: np.ndarray, n_out: int, kernel: str | None = None, stream: bool = False
+) -> np.ndarray:
+    """Outputs of the engine on MicroPython's WebAssembly port (Node), under heap_lock."""
+    return _run_staged("webassembly", model_path, xq, n_out, kernel, stream)
 
 
 def run_cpython(
@@ -249,7 +271,7 @@ def run_firmware(
     kernel: str | None = None,
     stream: bool = False,
 ) -> np.ndarray:
-    """Dispatch to one firmware VM by name (cpython, unix, wasm).
+    """Dispatch to one firmware VM by name (cpython, unix, wasm, webassembly).
 
     kernel None lets the engine pick the fastest the VM has; stream=True keeps
     the weights in the file.
@@ -262,4 +284,6 @@ def run_firmware(
         return run_unix(model_path, xq, n_out, kernel, stream)
     if vm == "wasm":
         return run_wasm(model_path, xq, n_out, kernel, stream)
-    raise VMError(f"unknown VM {vm!r}; choose from {', '.join(FIRMWARE_VMS)}")
+    if vm == "webassembly":
+        return run_webassembly(model_path, xq, n_out, kernel, stream)
+    raise VMError(f"unknown VM {vm!r}; choose from {', '.join(ALL_FIRMWARE_VMS)}")

@@ -32,7 +32,7 @@ ARCHS = [
     ("w16-a16", [20, 64, 32, 5], True, "float", QuantOptions(weight_bits=16, act_bits=16)),
 ]
 # (vm, kernel, stream): every kernel on the unix port (it has all three), the
-# portable one on CPython and on 32-bit WASI, and streaming weights from the file.
+# portable one on CPython, 32-bit WASI and WebAssembly, and streaming weights from the file.
 BACKENDS = [
     ("cpython", "portable", False),
     ("cpython", "portable", True),
@@ -42,11 +42,15 @@ BACKENDS = [
     ("unix", "viper", True),
     ("wasm", "portable", False),
     ("wasm", "portable", True),
+    # MicroPython's WebAssembly port (the browser's, here under Node)
+    ("webassembly", "portable", False),
+    ("webassembly", "portable", True),
     # the cut-down engine deploy sends to ~10 KB boards
     ("cpython", "tiny", False),
     ("unix", "tiny", False),
     ("unix", "tiny", True),
     ("wasm", "tiny", True),
+    ("webassembly", "tiny", False),
 ]
 
 
