@@ -85,6 +85,8 @@ def load(src, stream=False):
     roomy = getattr(gc, "mem_free", _big)() > 16384  # not a micro:bit v1
     net = _exec("micromlp_tiny_run.py", {})["Net"]
     net = net(_exec("micromlp_tiny_fill.py", {"src": src, "d": d})["d"])
-    if roomy:  # the float API; a micro:bit v1 has no heap for it beside a model: pass ints
+    if roomy:  # the float API and the blocked layer loop; a micro:bit v1 has no heap for
+        # them beside a model: pass ints, and the plain loop runs
         _exec("micromlp_tiny_float.py", {"net": net})
+        _exec("micromlp_tiny_fast.py", {"net": net})
     return net
