@@ -11,6 +11,8 @@
 # and checks the file (dropped after: its code needs RAM only while loading),
 # micromlp_tiny_run.py defines the Net that runs the model, compiled in the
 # heap the loader has left, and micromlp_tiny_fill.py reads the arrays (dropped).
+# Where the heap has room (not a micro:bit v1), micromlp_tiny_float.py adds the
+# float API and a faster (four-row) layer loop.
 
 
 try:  # the scripts are next to this file
@@ -85,8 +87,6 @@ def load(src, stream=False):
     roomy = getattr(gc, "mem_free", _big)() > 16384  # not a micro:bit v1
     net = _exec("micromlp_tiny_run.py", {})["Net"]
     net = net(_exec("micromlp_tiny_fill.py", {"src": src, "d": d})["d"])
-    if roomy:  # the float API and the blocked layer loop; a micro:bit v1 has no heap for
-        # them beside a model: pass ints, and the plain loop runs
+    if roomy:  # the float API and the four-row loop; a micro:bit v1 has no heap for them
         _exec("micromlp_tiny_float.py", {"net": net})
-        _exec("micromlp_tiny_fast.py", {"net": net})
     return net

@@ -531,7 +531,7 @@ def deploy(
         # failed copy leaves a working engine); a stale .py would shadow a new .mpy
         stale = {"micromlp.py", "micromlp.mpy", "micromlp_viper.py", "micromlp_tiny_load.py",
                  "micromlp_tiny_fill.py", "micromlp_tiny_run.py",
-                 "micromlp_tiny_float.py", "micromlp_tiny_fast.py"} - set(files)
+                 "micromlp_tiny_float.py"} - set(files)
         _exec(
             t,
             "import os\nfor n in " + repr(sorted(stale))

@@ -36,7 +36,7 @@ def tiny_loader_files() -> list[Path]:
     """The tiny engine's scripts (run as source, a statement at a time): next to it."""
     src = engine_source()
     names = ("micromlp_tiny_load.py", "micromlp_tiny_run.py", "micromlp_tiny_fill.py",
-             "micromlp_tiny_float.py", "micromlp_tiny_fast.py")
+             "micromlp_tiny_float.py")
     return [src.with_name(n) for n in names]
 
 
