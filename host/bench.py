@@ -449,8 +449,10 @@ def bench(
     heap: bool = True,
     progress: bool = True,
     inputs: np.ndarray | None = None,
+    vms: tuple[str, ...] = ("unix", "webassembly", "wasm"),
 ) -> BenchReport:
-    """Measure one model on every VM and kernel (see the module docstring).
+    """Measure one model on every VM and kernel (see the module docstring); vms picks
+    which VMs (the C reference and the heap search go with unix).
 
     inputs: float rows to quantize and cycle through (default: 8 random in-range
     integer rows). The kernels skip zero inputs, so real data with ReLU-style
@@ -474,11 +476,11 @@ def bench(
     )
     tiny_ok = all(ly.w_bits == 8 for ly in model.layers)  # the tiny engine's one limit
     steps = (
-        [("unix", "all kernels", False), ("webassembly", "kernels", False),
-         ("c", "kernel", False)]
-        + [("wasm", k, s) for k, s in WASM_CONFIGS if k != "tiny" or tiny_ok]
+        [(v, "kernels", False) for v in ("unix", "webassembly") if v in vms]
+        + ([("c", "kernel", False)] if "unix" in vms else [])
+        + [("wasm", k, s) for k, s in WASM_CONFIGS if "wasm" in vms and (k != "tiny" or tiny_ok)]
         + ([("heap", f, False) for f in HEAP_FORMS if not f.startswith("tiny") or tiny_ok]
-           if heap else [])
+           if heap and "unix" in vms else [])
     )
     bar = tqdm(steps, desc=f"bench {shape}", disable=None if progress else True, leave=False)
     for what, kind, stream in bar:

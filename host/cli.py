@@ -39,6 +39,18 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+BENCH_VMS = ("unix", "webassembly", "wasm")
+
+
+def _bench_vms(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    for n in names:
+        if n not in BENCH_VMS:
+            raise argparse.ArgumentTypeError(
+                f"unknown VM {n!r} for bench; choose from {', '.join(BENCH_VMS)}")
+    return names
+
+
 def _vm_list(text: str) -> tuple[str, ...]:
     from .vms import ALL_FIRMWARE_VMS
 
@@ -345,7 +357,8 @@ def do_bench(args: argparse.Namespace) -> int:
     reports = []
     for path in models:
         inputs = data if path in given else None
-        rep = bench(path, rounds=args.rounds, heap=not args.no_heap, inputs=inputs)
+        rep = bench(path, rounds=args.rounds, heap=not args.no_heap, inputs=inputs,
+                    vms=args.vm)
         reports.append(rep)
         if not args.json:
             print(format_report(rep))
@@ -562,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rounds", type=int, default=7, help="timing rounds (median is reported)")
     p.add_argument("--no-heap", action="store_true", help="skip the smallest-heap search")
+    p.add_argument("--vm", type=_bench_vms, default=BENCH_VMS, metavar="VMS",
+                   help="comma-separated, of " + ",".join(BENCH_VMS) + " (default: all; the "
+                   "C reference and the heap search go with unix)")
     p.add_argument("--load-cost", action="store_true",
                    help="instead: what loading (with every check) costs, against an inference")
     p.add_argument("--json", action="store_true")

@@ -247,3 +247,16 @@ def test_bad_inputs_are_one_line_errors_never_tracebacks(iris, tmp_path):
     p = subprocess.run(f"micromlp run {mlp} --input {tmp_path / 'big.csv'} --json | head -c 1",
                        shell=True, capture_output=True, text=True)
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+def test_bench_on_the_webassembly_port_alone(digits):
+    # --vm picks the VMs: here only MicroPython's WebAssembly port (Node), against the
+    # float baseline in the same process, allocation-free
+    _, ex = digits
+    r = cli("bench", str(ex.paths["mlp"]), "--vm", "webassembly", "--rounds", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    runs = json.loads(r.stdout)[0]["runs"]
+    assert {x["vm"] for x in runs} == {"webassembly"} and len(runs) == 2
+    assert all(x["alloc"] == 0 and x["heap_block"] is False and x["speedup"] > 1 for x in runs)
+    r = cli("bench", str(ex.paths["mlp"]), "--vm", "esp32")
+    assert r.returncode == 2 and "unknown VM 'esp32' for bench" in r.stderr
