@@ -452,10 +452,8 @@ class Net:
         _unlock()
 
     def _layers(self):
-        if self.net8:  # inputs already in self.x
-            _fast.PLAN = self.net8
-            _fast.SRC = self.x
-            _fast.net8()
+        if self.net8:  # the inputs are clamped into self.x already
+            self._net8(self.x)
             return
         xq = self.x
         if self.stream is None:

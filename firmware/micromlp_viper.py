@@ -375,10 +375,7 @@ def net8() -> int:
     n = 0
     plan = PLAN
     x = ptr32(plan[0])
-    b = ptr32(plan[1])  # Net.bounds: n, lo, hi, sign-extension of the inputs
-    w = ptr8(plan[2])
-    q = ptr32(plan[3])
-    y = ptr32(plan[4])
+    b = ptr32(plan[1])  # Net.bounds: n, lo, hi, ..., 64-bit sign extension at b[6]
     # The inputs: SRC must be an array('i') of n values (its typecode byte follows the
     # object's type pointer, as in every MicroPython since 1.0), else 0 is returned
     # and the caller takes the checked path. Clamped into x, sign-extended by b[6] on

@@ -57,8 +57,9 @@ class Exported:
 
     @property
     def fidelity(self) -> list[dict]:
-        """Per layer, on the calibration data: SQNR (dB), fraction clipped, max |error|
-        (empty for a model loaded from a file: the float layers are not in it)."""
+        """Per layer, on the calibration data: SQNR (dB), fraction clipped, mean squared
+        and max |error| (empty for a model loaded from a file: the float layers are not
+        in it)."""
         return list(self.model.meta.get("fidelity", []))
 
     def __str__(self) -> str:

@@ -108,9 +108,9 @@ print('PROBE', v[0], v[1], v[2], m, gc.mem_free(), vp, int(hasattr(os, 'rename')
 EXITS_ON_SOFT_RESET = ("linux", "darwin", "win32", "webassembly")
 
 
-def connect(port: str, resume: bool):
-    """Open the port and enter the raw REPL (a soft reset first unless resume; use
-    soft_reset() to reset only boards that survive one)."""
+def connect(port: str):
+    """Open the port and enter the raw REPL, without a reset (soft_reset() does that,
+    for boards that survive one)."""
     from mpremote.transport import TransportError
     from mpremote.transport_serial import SerialTransport
 
@@ -124,7 +124,7 @@ def connect(port: str, resume: bool):
         raise DeployError(f"no board on {port}: {e}") from None
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints what it read
-            t.enter_raw_repl(soft_reset=not resume)
+            t.enter_raw_repl(soft_reset=False)
     except Exception as e:
         t.close()
         raise DeployError(
@@ -135,9 +135,9 @@ def connect(port: str, resume: bool):
 
 
 @contextlib.contextmanager
-def session(port: str, resume: bool):
+def session(port: str):
     """connect(), then leave the raw REPL and close the port however the work ends."""
-    t = connect(port, resume)
+    t = connect(port)
     try:
         yield t
     finally:
@@ -158,15 +158,20 @@ def soft_reset(t, log=print) -> bool:
     if plat and plat[0] in EXITS_ON_SOFT_RESET:
         log(f"board: the {plat[0]} port exits on a soft reset: going on without one")
         return False
+    _reset(t)
+    return True
+
+
+def _reset(t) -> None:
+    # a soft reset, back in the raw REPL
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints what it read
             t.enter_raw_repl(soft_reset=True)
     except Exception as e:
         raise DeployError(
             f"the board did not come back from a soft reset ({e}); if it exits on one, "
             f"deploy with --resume"
         ) from None
-    return True
 
 
 def probe(t) -> Board:
@@ -504,7 +509,7 @@ def deploy(
     outdir = Path(outdir)
     mlp = outdir / "model.mlp" if outdir.is_dir() else outdir
     model = modelfile.load(mlp)  # every field and the 2**30 proof, checked here
-    with session(port, resume=True) as t:
+    with session(port) as t:
         # every write is gentle until the board says it has raw-paste flow control
         # (MicroPython 1.14+): the probe itself garbled on a loaded machine before
         raw, t.serial = t.serial, _GentleSerial(t.serial)
@@ -529,9 +534,8 @@ def deploy(
             write_file(t, name, data, board)
         # the previous engine's files go only once the new ones are all on the board (a
         # failed copy leaves a working engine); a stale .py would shadow a new .mpy
-        stale = {"micromlp.py", "micromlp.mpy", "micromlp_viper.py", "micromlp_tiny_load.py",
-                 "micromlp_tiny_fill.py", "micromlp_tiny_run.py",
-                 "micromlp_tiny_float.py"} - set(files)
+        engine = vms.firmware_files() + vms.tiny_loader_files()
+        stale = ({"micromlp.mpy"} | {f.name for f in engine}) - set(files)
         _exec(
             t,
             "import os\nfor n in " + repr(sorted(stale))
@@ -539,8 +543,7 @@ def deploy(
             "removing the previous engine's files",
         )
         if was_reset:  # the self-test starts from a fresh heap, as the board's main.py will
-            with contextlib.redirect_stdout(io.StringIO()):
-                t.enter_raw_repl(soft_reset=True)
+            _reset(t)
         test = self_test(t, model, p, board)
         speed = "n/a" if test.us_per_inference is None else f"{test.us_per_inference:.0f} us"
         log(
@@ -557,8 +560,11 @@ def deploy(
 
 
 def device_bench(port: str, resume: bool = True, stream: bool = False, runs: int = 50) -> dict:
-    """µs per inference, free heap and allocation per inference of the deployed model."""
-    with session(port, resume) as t:
+    """µs per inference, free heap and allocation per inference of the deployed model
+    (resume=False: soft-reset the board first, where it survives one)."""
+    with session(port) as t:
+        if not resume:
+            soft_reset(t, log=lambda m: None)
         code = _DEVICE_BENCH.format(opts=", stream=True" if stream else "", n=runs)
         f = _line(_exec(t, code, "the device bench"), "DEVBENCH")
     return {

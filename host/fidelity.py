@@ -27,9 +27,10 @@ from . import reference
 
 
 def layer_report(model: QuantModel, layers: list[FloatLayer], x: np.ndarray) -> list[dict]:
-    """Per layer: SQNR (dB) of the board's dequantized outputs against the float layer
-    list the model was quantized from (export keeps it), and the fraction of outputs at
-    the top of the grid (clipped; not for a layer whose clamp is its activation)."""
+    """Per layer: SQNR (dB) and mean squared error of the board's dequantized outputs
+    against the float layer list the model was quantized from (export keeps it), and
+    the fraction of outputs at the top of the grid (clipped; not for a layer whose
+    clamp is its activation)."""
     x = np.asarray(x, dtype=np.float64)
     ref = reference.run(model, model.quantize_input(x), trace=True)
     rows, h = [], x
@@ -42,6 +43,7 @@ def layer_report(model: QuantModel, layers: list[FloatLayer], x: np.ndarray) -> 
         clipped = 0.0 if q.act == ACT_CLAMP else float((ref.hidden[i] >= q.hi).mean())
         rows.append({"layer": i, "shape": f"{q.n_in}->{q.n_out}",
                      "sqnr_db": None if sqnr is None else float(sqnr), "clipped": clipped,
+                     "mse": noise / max(1, got.size),
                      "max_abs_error": float(np.abs(got - h).max())})
     return rows
 

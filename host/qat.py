@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..export.exporter import quantize_layers
 from ..export.layers import ExportError, FloatLayer
 from ..export.qmodel import QuantModel
-from ..export.quantize import QuantOptions
+from ..export.quantize import QuantOptions, quantize
 from ..export.sources import load_source
 
 
@@ -132,7 +132,8 @@ def finetune(model, x, y, calib=None, *, epochs: int = 20, lr: float = 1e-4,
     bar = tqdm(range(epochs), desc="fine-tune (quantization-aware)", unit="epoch",
                disable=None if progress else True, leave=False)
     for _ in bar:
-        grids = _Grids(quantize_layers(from_module(net, layers), calib, fixed))
+        # the layers are folded already: quantize them as they are (no report needed)
+        grids = _Grids(quantize(from_module(net, layers), calib, fixed))
         perm = torch.randperm(len(xt), generator=gen)
         total = 0.0
         for s in range(0, len(xt), batch_size):
