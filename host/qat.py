@@ -75,19 +75,23 @@ class _Grids:
 
 
 def _forward(net: nn.Sequential, g: _Grids, x: torch.Tensor) -> torch.Tensor:
-    q = torch.clamp(_round(x / g.in_scale) + g.in_zero, g.in_lo, g.in_hi)
-    h = ((q - g.in_zero) * g.in_scale).float()  # what the board's integers stand for
+    # The board's first layer takes the input integers q: the input table is folded into
+    # it (weights W * step, rounded on that layer's grid; bias b - (W * step) . zero,
+    # from the unrounded weights, as export/fold.py does); the other layers take the
+    # previous layer's grid values.
+    h = torch.clamp(_round(x / g.in_scale) + g.in_zero, g.in_lo, g.in_hi).float()
     lins = [i for i, m in enumerate(net) if isinstance(m, nn.Linear)]
     for k, i in enumerate(lins):
         lin = net[i]
         s_w, w_max, s_y, lo, hi = g.layers[k]
         s_w = s_w.float()[:, None]
-        # the first layer's grid is on the weights times each input's step (the input
-        # table is folded into it); the others' on the weights themselves
-        unit = g.in_scale.float()[None, :] if k == 0 else 1.0
-        w = lin.weight * unit
-        w = _ste(lin.weight, torch.clamp(_round(w / s_w), -w_max, w_max) * s_w / unit)
-        h = nn.functional.linear(h, w, lin.bias)
+        w, b = lin.weight, lin.bias
+        if k == 0:
+            w = w * g.in_scale.float()[None, :]
+            shift = -(w @ g.in_zero.float())
+            b = shift if b is None else b + shift
+        w = _ste(w, torch.clamp(_round(w / s_w), -w_max, w_max) * s_w)
+        h = nn.functional.linear(h, w, b)
         end = lins[k + 1] if k + 1 < len(lins) else len(net)
         for m in net[i + 1:end]:  # the layer's activation
             h = m(h)

@@ -170,12 +170,14 @@ def test_verify_reports_cells_and_clipping_and_variants_stay_bit_exact(outlier, 
 def test_finetune_trains_on_the_grids_the_export_uses():
     from micromlp.host import qat
 
-    d = load_dataset("digits")
+    # wine: float features, so each input has a step of its own (the first layer's grid
+    # is on the weights times those steps)
+    d = load_dataset("wine")
     xtr, ytr, xte, _ = split(d.x, d.y)
     torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
-    fit(m, xtr / 16, ytr, 60)
-    kw = dict(input_mean=np.zeros(64), input_std=np.full(64, 16.0))
+    m = torch.nn.Sequential(torch.nn.Linear(13, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    kw = dict(input_mean=xtr.mean(0), input_std=xtr.std(0))
+    fit(m, (xtr - kw["input_mean"]) / kw["input_std"], ytr, 200)
     ft = micromlp.finetune(m, xtr, ytr, epochs=5, progress=False, **kw)
     q = micromlp.export(ft, calib=xtr, out=None, equalize="off", bias_correction="off")
     # the fake-quantized forward the fine-tuning optimized is what the board computes:
