@@ -46,6 +46,9 @@ class QuantOptions:
     # Float inputs: each feature's calibrated range widened by this fraction of its span
     # on each side, so test data a little past the calibration data does not clip.
     headroom: float = 0.1
+    # ... and a side of a feature with a tail reaches this many standard deviations from
+    # its mean (0: off; see quantize_inputs)
+    input_sigmas: float = 5.0
     # Bias correction: a layer's bias absorbs the mean error its weights' rounding
     # causes on the calibration data. "bias" (or True): layers that have a bias; "all":
     # also bias-free layers, which get one (the layer table says so: it costs a word
@@ -101,8 +104,12 @@ def _round(x: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(x, dtype=np.float64) + 0.5)
 
 
+TAIL_START = 2.0  # standard deviations: a feature side reaching past this has a tail
+
+
 def quantize_inputs(
-    x: np.ndarray, bits: int, qmax: int | None = None, headroom: float = 0.0
+    x: np.ndarray, bits: int, qmax: int | None = None, headroom: float = 0.0,
+    sigmas: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray]:
     """Per-feature input quantization from calibration data x [n, n_in].
 
@@ -121,18 +128,53 @@ def quantize_inputs(
     # Headroom: data past the calibration range (a test sample, a new sensor) would
     # clip at the grid's edge; widen each feature's range by a fraction of its span,
     # but not across zero for a feature that never went below it.
+    # Room past the calibrated range: a fraction of the span; and a side where the data
+    # has a tail (reaching past TAIL_START standard deviations from the mean; a
+    # uniform feature stops at 1.73) reaches `sigmas` of them: a small calibration set
+    # understates a tail, and a sample past the range clips.
     room = headroom * (hi_f - lo_f)
-    lo_f = np.where((lo_f >= 0) & (lo_f - room < 0), 0.0, lo_f - room)
-    hi_f = hi_f + room
+    mu, sd = x.mean(axis=0), x.std(axis=0)
+    new_lo, new_hi = lo_f - room, hi_f + room
+    if sigmas > 0:
+        new_lo = np.where(mu - lo_f > TAIL_START * sd, np.minimum(new_lo, mu - sigmas * sd),
+                          new_lo)
+        new_hi = np.where(hi_f - mu > TAIL_START * sd, np.maximum(new_hi, mu + sigmas * sd),
+                          new_hi)
+    lo_f = np.where((lo_f >= 0) & (new_lo < 0), 0.0, new_lo)
+    hi_f = new_hi
     span = hi_f - lo_f
     # A constant feature (digits' always-blank pixels) has no range of its own: give
     # it its neighbours' step, so its weight does not set the row's weight grid.
     typical = float(np.median(span[span > 0])) if np.any(span > 0) else max(
         1.0, float(np.abs(lo_f).max()))
     scale = np.where(span > 0, span, typical) / qmax
+    # A feature whose values lie on a decimal lattice (a sensor's 0.1 degree, iris'
+    # millimetres) gets a step that divides the lattice's, when one fits: every such
+    # value is then represented exactly (to float32), with no rounding noise.
+    for j in range(n_in):
+        d = _lattice_step(x[:, j])
+        if d is not None and span[j] > 0:
+            lo_j = np.floor(lo_f[j] / d + 1e-9) * d
+            m = int(qmax * d // (hi_f[j] - lo_j + d))
+            if m >= 1:
+                scale[j], lo_f[j] = d / m, lo_j
     scale = scale.astype(np.float32).astype(np.float64)  # the file stores float32
     zero = (-_round(lo_f / scale)).astype(np.int64)
     return scale, zero, 0, qmax, np.full(n_in, 0.5)
+
+
+# Lattice steps tried, coarsest first: 1, 0.5, 0.25, 0.2, then a tenth of each, ...
+_LATTICES = [b * 10.0**-k for k in range(5) for b in (1.0, 0.5, 0.25, 0.2)]
+
+
+def _lattice_step(col: np.ndarray) -> float | None:
+    """The coarsest decimal step every value of col is a multiple of (to 1e-6 of a
+    step), or None."""
+    for d in _LATTICES:
+        r = col / d
+        if np.all(np.abs(r - np.round(r)) < 1e-6) and np.abs(r).max() < SMALL_INT:
+            return d
+    return None
 
 
 # The accumulator budget left for weights x inputs (the rest is the bias's): grids
@@ -253,7 +295,7 @@ def quantize(
         in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(
             calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(
                 spreads[0], opts.weight_bits, layers[0].n_in)),
-            opts.headroom)
+            opts.headroom, opts.input_sigmas)
         far = np.flatnonzero((in_hi - in_zero >= ZERO_REACH) | (in_zero - in_lo >= ZERO_REACH))
         if len(far):
             i = int(far[0])

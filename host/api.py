@@ -88,18 +88,32 @@ class Exported:
 
     def verify(self, x, y=None, vms: tuple[str, ...] | str = vms.FIRMWARE_VMS,
                float_model=None, max_accuracy_drop: float = 0.01,
-               min_agreement: float = 0.99) -> VerifyReport:
+               min_agreement: float = 0.99, layers: bool = False) -> VerifyReport:
         """Float model vs host reference vs the engine on each MicroPython VM.
 
         float_model defaults to the model this was exported from. The report's .ok is
         False on any VM mismatch, a broken bound, an accuracy drop of more than
-        max_accuracy_drop (a fraction) or top-1 agreement below min_agreement.
+        max_accuracy_drop (a fraction) or top-1 agreement below min_agreement. With
+        layers, .layers says where the error comes from, layer by layer.
         """
         source = self.source if float_model is None else load_source(float_model)
         names = tuple(v.strip() for v in vms.split(",")) if isinstance(vms, str) else tuple(
             vms)
         return verify_arrays(self.mlp_path(), x, y, source, names, max_accuracy_drop,
-                             min_agreement)
+                             min_agreement, layers)
+
+    def report(self, x, y=None, out: str | Path = "report.html",
+               vms: tuple[str, ...] | str = vms.FIRMWARE_VMS, float_model=None) -> Path:
+        """Write one self-contained HTML page on this model's fidelity on (x, y): what
+        verify checks, per layer, with plots (micromlp report)."""
+        from .report_page import build
+
+        source = self.source if float_model is None else load_source(float_model)
+        if source is None:
+            raise ExportError("the report needs the float model (float_model=...)")
+        names = tuple(v.strip() for v in vms.split(",")) if isinstance(vms, str) else tuple(
+            vms)
+        return build(self.mlp_path(), x, y, source, out, names)[0]
 
     def run(self, x, vm: str = "reference", ints: bool = False,
             what: str = "inputs") -> RunResult:
@@ -129,7 +143,7 @@ class Exported:
 def quant_options(weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
                   per_tensor: bool = False, input_range=None, input_bits: int | None = None,
                   calib_method: str = "minmax", bias_correction: str = "bias",
-                  equalize: str = "auto") -> QuantOptions:
+                  equalize: str = "auto", input_tail: float = 5.0) -> QuantOptions:
     """QuantOptions from the CLI's option names, checked."""
     if input_bits is not None:
         if not 1 <= int(input_bits) <= 29:
@@ -145,17 +159,19 @@ def quant_options(weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
                              ("equalize", equalize, ("auto", "on", "off"))):
         if v not in allowed:
             raise ExportError(f"{name} must be one of {', '.join(allowed)}, got {v!r}")
+    if not 0 <= float(input_tail) <= 1000:
+        raise ExportError(f"input_tail must be 0..1000 standard deviations, got {input_tail}")
     return QuantOptions(weight_bits=weight_bits, act_bits=act_bits, out_bits=out_bits,
                         per_channel=not per_tensor, input_range=input_range,
                         calib_method=calib_method, bias_correction=bias_correction,
-                        equalize=equalize)
+                        equalize=equalize, input_sigmas=float(input_tail))
 
 
 def export(model, calib=None, out: str | Path | None = "out", *, input_mean=None,
            input_std=None, input_range=None, input_bits: int | None = None,
            weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
            per_tensor: bool = False, calib_method: str = "minmax",
-           bias_correction: str = "bias", equalize: str = "auto",
+           bias_correction: str = "bias", equalize: str = "auto", input_tail: float = 5.0,
            module: str | None = None, module_args=None,
            arch=None, trust_pickle: bool = False, name: str = "model",
            mpy: bool = True, max_size_mb: float | None = None) -> Exported:
@@ -166,7 +182,7 @@ def export(model, calib=None, out: str | Path | None = "out", *, input_mean=None
     if (mean is None) != (std is None):
         raise ExportError("input_mean and input_std go together")
     opts = quant_options(weight_bits, act_bits, out_bits, per_tensor, input_range, input_bits,
-                         calib_method, bias_correction, equalize)
+                         calib_method, bias_correction, equalize, input_tail)
     res: ExportResult = export_model(model, out, calib, opts, mean, std, module=module,
                                      module_args=module_args, arch=arch,
                                      trust_pickle=trust_pickle, name=name, mpy=mpy,
@@ -177,14 +193,15 @@ def export(model, calib=None, out: str | Path | None = "out", *, input_mean=None
 def finetune(model, x, y, calib=None, *, epochs: int = 20, lr: float = 1e-4,
              input_mean=None, input_std=None, weight_bits: int = 8, act_bits: int = 8,
              out_bits: int = 16, per_tensor: bool = False, calib_method: str = "minmax",
-             bias_correction: str = "bias", equalize: str = "auto", progress: bool = True):
+             bias_correction: str = "bias", equalize: str = "auto", input_tail: float = 5.0,
+             progress: bool = True):
     """Quantization-aware fine-tuning (host/qat.py): returns an nn.Sequential over raw
     inputs, trained through the exact grids the exporter chooses for it. Export it
     with the same options, equalize="off" and bias_correction="off"."""
     from .qat import finetune as _finetune
 
     opts = quant_options(weight_bits, act_bits, out_bits, per_tensor, None, None,
-                         calib_method, bias_correction, equalize)
+                         calib_method, bias_correction, equalize, input_tail)
     return _finetune(model, x, y, calib, epochs=epochs, lr=lr, opts=opts, mean=input_mean,
                      std=input_std, progress=progress)
 

@@ -98,7 +98,8 @@ def _quant_kwargs(args: argparse.Namespace) -> dict:
     return dict(weight_bits=args.weight_bits, act_bits=args.act_bits, out_bits=args.out_bits,
                 per_tensor=args.per_tensor, input_range=input_range,
                 input_bits=getattr(args, "input_bits", None), calib_method=args.calib_method,
-                bias_correction=args.bias_correction, equalize=args.equalize)
+                bias_correction=args.bias_correction, equalize=args.equalize,
+                input_tail=args.input_tail)
 
 
 def _floats(text: str | None) -> np.ndarray | None:
@@ -211,8 +212,24 @@ def do_verify(args: argparse.Namespace) -> int:
         float_model = load_source(float_model, module=args.module, module_args=args.module_args,
                                   arch=args.arch, trust_pickle=args.trust_pickle)
     rep = verify(args.model, args.data, float_model, args.vm, args.split,
-                 args.max_drop / 100, args.min_agreement / 100, args.label_column)
+                 args.max_drop / 100, args.min_agreement / 100, args.label_column,
+                 layers=args.layers)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else format_report(rep))
+    return 0 if rep.ok else 1
+
+
+def do_report(args: argparse.Namespace) -> int:
+    from ..export.sources import load_source
+    from .report_page import build
+    from .verify import load_data
+
+    source = load_source(args.float_model, module=args.module, module_args=args.module_args,
+                         arch=args.arch, trust_pickle=args.trust_pickle)
+    x, y = load_data(args.data, args.split, args.label_column)
+    path, rep = build(args.model, x, y, source, args.output, args.vm,
+                      args.max_drop / 100, args.min_agreement / 100)
+    print(f"wrote {path} ({path.stat().st_size} bytes): "
+          + ("OK" if rep.ok else "FAILED: " + "; ".join(rep.failures)))
     return 0 if rep.ok else 1
 
 
@@ -465,6 +482,11 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--equalize", choices=("auto", "on", "off"), default="auto",
                    help="per-channel activation equalization; auto keeps it where it "
                    "lowers the error on the calibration data")
+    p.add_argument("--input-tail", type=float, default=5.0, metavar="SIGMAS",
+                   help="float inputs: a feature side whose calibration data has a tail "
+                   "(past 2 standard deviations) reaches this many from the mean, so "
+                   "samples past a small calibration set's range do not clip (default 5; "
+                   "0: only the 10%% headroom)")
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
@@ -553,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, default=99.0, metavar="PERCENT",
                    help="fail when top-1 agreement with the float model is below this (99)")
     p.add_argument("--split", default="test", help="which split of the .npz (test)")
+    p.add_argument("--layers", action="store_true", help="where the error comes from, per "
+                   "layer: SQNR, max/p99 error against the layer's bound, clipping, grid "
+                   "levels used, the output error with only that layer quantized (needs "
+                   "--float)")
     p.add_argument(
         "--vm",
         type=_vm_list,
@@ -561,6 +587,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=do_verify)
+
+    p = sub.add_parser("report", help="one HTML page on a model's fidelity: plots, "
+                       "per-layer table, confusion matrix (verify's checks included)")
+    p.add_argument("model", help="a .mlp file")
+    p.add_argument("--float", "--torch", dest="float_model", metavar="MODEL", required=True,
+                   help="the float model it was exported from, any form export takes")
+    p.add_argument("--data", required=True, help="test data, as verify takes it")
+    p.add_argument("--label-column", help="the label column of a .csv")
+    p.add_argument("--split", default="test", help="which split of the .npz (test)")
+    _add_source_args(p)
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS")
+    p.add_argument("--min-agreement", type=float, default=99.0, metavar="PERCENT")
+    p.add_argument("--vm", type=_vm_list, default=FIRMWARE_VMS,
+                   help="comma-separated VMs (default: " + ",".join(FIRMWARE_VMS) + ")")
+    p.add_argument("-o", "--output", default="report.html", help="(default report.html)")
+    p.set_defaults(func=do_report)
 
     p = sub.add_parser("bench", help="speed, fuel, allocation and RAM against a float baseline")
     p.add_argument("model", nargs="*", help=".mlp files")

@@ -4,6 +4,10 @@
   outputs against the board's, dequantized, errors of the layers before included) and
   how often its grid clips, on given inputs; the picture onnxruntime's qdq_loss_debug
   and PyTorch's Numeric Suite give.
+- layer_alone: the network's output error when only one layer is quantized (the
+  others float): which layer costs the most on its own.
+- align_units: the float layer list rescaled unit by unit to match a model file whose
+  export equalized activations (the file keeps the rescaled weights, not the scales).
 - input_clipping: per input feature, the fraction of samples outside the range the
   model's integers cover (the board clamps them).
 - certify: for each sample, a bound on |board - float| over the sample's whole input
@@ -17,35 +21,141 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..export.layers import FloatLayer
-from ..export.qmodel import ACT_CLAMP, QuantModel
+from ..export.qmodel import ACT_CLAMP, ACT_RELU, QuantModel
 from . import reference
 
 
 def layer_report(model: QuantModel, layers: list[FloatLayer], x: np.ndarray) -> list[dict]:
-    """Per layer: SQNR (dB) and mean squared error of the board's dequantized outputs
-    against the float layer list the model was quantized from (export keeps it), and
-    the fraction of outputs at the top of the grid (clipped; not for a layer whose
-    clamp is its activation)."""
+    """Per layer, on inputs x (raw, as the board sees them): SQNR (dB) and mean squared
+    error of the board's dequantized outputs against the float layer list the model
+    was quantized from (export keeps it; align_units() rebuilds it from a float model),
+    errors of earlier layers included; max and 99th-percentile |error|, and the max
+    over samples that no clamp has touched up to this layer, which the layer's proven
+    bound (error_bound) holds; the fraction of outputs at the top of the grid (clipped; not
+    for a layer whose clamp is its activation); and how many grid levels are used."""
     x = np.asarray(x, dtype=np.float64)
+    raw = np.floor(x / model.in_scale + 0.5) + model.in_zero
     ref = reference.run(model, model.quantize_input(x), trace=True)
     rows, h = [], x
+    # the proven bounds hold while no value is clamped: samples clamped so far drop out
+    in_range = ~np.any((raw < model.in_lo) | (raw > model.in_hi), axis=1)
     for i, (layer, q) in enumerate(zip(layers, model.layers, strict=True)):
         h = layer.forward(h)
         got = ref.hidden[i] * q.out_scale
-        noise = float(((got - h) ** 2).sum())
+        err = np.abs(got - h)
+        if q.act != ACT_CLAMP:
+            in_range &= ~np.any((ref.hidden[i] >= q.hi) | (ref.hidden[i] <= q.lo)
+                                if q.act != ACT_RELU else ref.hidden[i] >= q.hi, axis=1)
+        noise = float((err**2).sum())
         signal = float((h**2).sum())
         sqnr = None if noise == 0 else 10 * np.log10(max(signal, 1e-300) / noise)  # None: exact
         clipped = 0.0 if q.act == ACT_CLAMP else float((ref.hidden[i] >= q.hi).mean())
         rows.append({"layer": i, "shape": f"{q.n_in}->{q.n_out}",
                      "sqnr_db": None if sqnr is None else float(sqnr), "clipped": clipped,
                      "mse": noise / max(1, got.size),
-                     "max_abs_error": float(np.abs(got - h).max())})
+                     "max_abs_error": float(err.max(initial=0)),
+                     "p99_abs_error": float(np.percentile(err, 99)) if err.size else 0.0,
+                     "max_abs_error_in_range": float(err[in_range].max(initial=0)),
+                     "error_bound": float(q.error_bound),
+                     "levels_used": int(len(np.unique(ref.hidden[i]))),
+                     "grid_levels": int(q.hi - q.lo + 1)})
     return rows
+
+
+def layer_alone(model: QuantModel, layers: list[FloatLayer], x: np.ndarray) -> list[dict]:
+    """Per layer: the network's outputs when only that layer runs in integers (its
+    inputs quantized on its grid, its outputs dequantized, every other layer float),
+    against the all-float outputs: mean and max |error| as a fraction of the float
+    outputs' span, and (several outputs) top-1 agreement."""
+    x = np.asarray(x, dtype=np.float64)
+    ins = [x]
+    for layer in layers:
+        ins.append(layer.forward(ins[-1]))
+    want = ins[-1]
+    span = max(float(want.max() - want.min()), 1e-300)
+    rows = []
+    for i, q in enumerate(model.layers):
+        if i == 0:
+            one = QuantModel([q], model.in_scale, model.in_zero, model.in_lo, model.in_hi)
+            xq = model.quantize_input(x)
+        else:
+            prev = model.layers[i - 1]
+            scale = np.full(q.n_in, prev.out_scale, dtype=np.float32)
+            one = QuantModel([q], scale, np.zeros(q.n_in, np.int32), prev.lo, prev.hi)
+            xq = np.clip(np.floor(ins[i] / prev.out_scale + 0.5), prev.lo, prev.hi)
+        h = reference.run(one, xq.astype(np.int64)).out * q.out_scale
+        for layer in layers[i + 1:]:
+            h = layer.forward(h)
+        err = np.abs(h - want)
+        row = {"layer": i, "mean_error": float(err.mean()) / span,
+               "max_error": float(err.max()) / span, "agreement": None}
+        if model.n_outputs > 1:
+            row["agreement"] = float((h.argmax(1) == want.argmax(1)).mean())
+        rows.append(row)
+    return rows
+
+
+# Activations that commute with a positive per-unit scale (export/equalize.py's)
+_HOMOGENEOUS = ("relu", "none", "leaky")
+
+
+def align_units(layers: list[FloatLayer], model: QuantModel) -> list[FloatLayer]:
+    """The float layers (raw-input units) with each hidden unit divided by the scale k
+    export's equalization gave it, so that they match the model's units one for one.
+
+    The file keeps the rescaled weights, not k. Unit c of layer i shows its k in two
+    places: row c of layer i (divided by k) and column c of layer i+1 (multiplied);
+    k is the median of the ratios file / float over both, on weights well inside the
+    grid (rounding moves them by under 6 %, unbiased; clipped weights left out), with
+    the neighbours' k refined in turn. A layer whose every k is within 3 % of 1 was not
+    rescaled (equalization skips layers within 5 %)."""
+    n = len(layers)
+    deq, inner = [], []
+    for i, q in enumerate(model.layers):
+        wd = q.w.astype(np.float64) * q.w_scale.astype(np.float64)[:, None]
+        if i == 0:  # the first layer's integers read input steps: back to raw units
+            wd = wd / model.in_scale.astype(np.float64)[None, :]
+        big = np.abs(q.w).max(axis=1, keepdims=True)
+        deq.append(wd)
+        inner.append((np.abs(q.w) >= 8) & (np.abs(q.w) < big) & (layers[i].weight != 0))
+    k = [np.ones(ly.n_out) for ly in layers]
+    for _ in range(3):
+        for i in range(n - 1):
+            if layers[i].act not in _HOMOGENEOUS:
+                continue
+            prev = k[i - 1] if i else np.ones(layers[0].n_in)
+            # row c: file = float * prev / k_c;  column c of the next: file = float * k_c / k_r
+            rows = layers[i].weight * prev[None, :] / np.where(inner[i], deq[i], 1.0)
+            cols = deq[i + 1] * k[i + 1][:, None] / np.where(inner[i + 1],
+                                                             layers[i + 1].weight, 1.0)
+            for c in range(layers[i].n_out):
+                r = np.concatenate([rows[c, inner[i][c]], cols[inner[i + 1][:, c], c]])
+                if len(r):
+                    k[i][c] = np.median(r)
+    out = list(layers)
+    for i in range(n - 1):
+        if np.all(np.abs(k[i] - 1) < 0.03):
+            continue
+        out[i] = replace(out[i], weight=out[i].weight / k[i][:, None],
+                         bias=None if out[i].bias is None else out[i].bias / k[i])
+        out[i + 1] = replace(out[i + 1], weight=out[i + 1].weight * k[i][None, :])
+    return out
+
+
+def matching_layers(model: QuantModel, source) -> list[FloatLayer]:
+    """A float model's (export.sources.Source) layers in raw input units (its input
+    normalization folded in), unit for unit as in the model file (align_units)."""
+    from ..export.fold import fold_normalization
+
+    layers = source.layers
+    if source.mean is not None and source.std is not None:
+        layers = fold_normalization(layers, source.mean, source.std)
+    return align_units(layers, model)
 
 
 def input_clipping(model: QuantModel, x: np.ndarray) -> list[dict]:
@@ -148,4 +258,5 @@ def certify(model: QuantModel, layers: list[FloatLayer], x: np.ndarray) -> Certi
     return Certificate(bound, margin_lo.min(axis=1) > 0, observed)
 
 
-__all__ = ["Certificate", "certify", "input_clipping", "layer_report"]
+__all__ = ["Certificate", "align_units", "certify", "input_clipping", "layer_alone", "layer_report",
+           "matching_layers"]

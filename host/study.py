@@ -1,10 +1,13 @@
 """The fidelity study behind docs/fidelity.md: `python -m micromlp.host.study`.
 
-Six float models (three bundled datasets; wine with one hidden unit scaled 100x, the
-same function; a smooth regression on unnormalized non-negative inputs, with and
-without biases) exported with each post-training option, then fine-tuned through
-the exporter's grids. Prints markdown tables: mean and max |fixed - float| as % of
-the float outputs' span on the test split, the task metric, and the bounds.
+Ten float models (the four bundled datasets; wine with one hidden unit scaled
+100x, the same function; wine trained on its raw, unnormalized features; breast_cancer
+with bias=False on inputs in [0, 1]; digits deep and narrow; a smooth regression on
+unnormalized non-negative inputs, with and without biases) exported with each
+post-training option, beside onnxruntime's quantize_static and PyTorch's eager
+post-training quantization (host/peers.py) at int8 and int16, then fine-tuned through
+the exporter's grids. Prints markdown tables: mean and max |fixed - float| as % of the
+float outputs' span on the test split, agreement, the task metric, and the bounds.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ def split(x, y):
     return x[idx[:n]], y[idx[:n]], x[idx[n:]], y[idx[n:]]
 
 
-def fit(model, x, y, epochs, regression=False):
+def fit(model, x, y, epochs, regression=False, lr=1e-2):
     """Full-batch Adam: cross-entropy, or squared error for a regression."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     X = torch.tensor(x, dtype=torch.float32)
     Y = torch.tensor(y, dtype=torch.float32 if regression else torch.long)
     for _ in range(epochs):
@@ -60,7 +63,7 @@ def _mlp(sizes, bias=True):
 
 def cases():
     """(name, model, x_train, y_train, x_test, y_test, normalization kwargs, regression)"""
-    for name in ("wine", "breast_cancer", "digits"):
+    for name in ("iris", "wine", "breast_cancer", "digits"):
         torch.manual_seed(0)
         d = load_dataset(name)
         xtr, ytr, xte, yte = split(d.x, d.y)
@@ -77,6 +80,21 @@ def cases():
                 m2[0].bias[5] *= 100
                 m2[2].weight[:, 5] /= 100
             yield ("wine, one unit 100x", m2, xtr, ytr, xte, yte,
+                   dict(input_mean=mu, input_std=sd), False)
+            # trained on the raw features (0.1 to 1680): no normalization anywhere
+            torch.manual_seed(0)
+            m3 = fit(_mlp([13, 32, 16, 3]), xtr, ytr, 2000, lr=1e-3)
+            yield "wine, unnormalized inputs", m3, xtr, ytr, xte, yte, {}, False
+        if name == "breast_cancer":  # bias=False on inputs scaled to [0, 1], not centred
+            torch.manual_seed(0)
+            top = xtr.max(0)
+            m4 = fit(_mlp([30, 32, 16, 2], bias=False), xtr / top, ytr, 400)
+            yield ("breast_cancer, bias=False, inputs in [0, 1]", m4, xtr, ytr, xte, yte,
+                   dict(input_mean=np.zeros(30), input_std=top), False)
+        if name == "digits":  # deep and narrow: five hidden layers of 16
+            torch.manual_seed(0)
+            m5 = fit(_mlp([64, 16, 16, 16, 16, 16, 10]), (xtr - mu) / sd, ytr, 300)
+            yield ("digits, deep-narrow 64-16x5-10", m5, xtr, ytr, xte, yte,
                    dict(input_mean=mu, input_std=sd), False)
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 10, size=(2000, 6))
@@ -100,115 +118,102 @@ def _task(out, y, regression):
     return f"acc {100 * (out.argmax(1) == y).mean():.2f} %"
 
 
-def onnxruntime_errors(m, xtr, xte, kw, yf) -> dict[str, float]:
-    """Mean |int8 - float| as % of the span for onnxruntime's quantize_static (QDQ,
-    per-channel int8 weights, uint8 activations), by calibration method."""
-    import logging
-    import os
-    import tempfile
+def _err(y, yf):
+    """Mean |y - float| as % of the float outputs' span."""
+    return 100 * float(np.abs(y - yf).mean()) / float(yf.max() - yf.min())
 
-    import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
-    class Norm(torch.nn.Module):
-        def __init__(self, mu, sd):
-            super().__init__()
-            self.mu = torch.tensor(mu, dtype=torch.float32)
-            self.sd = torch.tensor(sd, dtype=torch.float32)
+def _agree(y, yf, reg):
+    return "n/a" if reg else f"{100 * (y.argmax(1) == yf.argmax(1)).mean():.1f} %"
 
-        def forward(self, x):
-            return (x - self.mu) / self.sd
 
-    class Reader(CalibrationDataReader):
-        def __init__(self, x):
-            self.it = iter([{"x": r[None].astype(np.float32)} for r in x])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    logging.getLogger().setLevel(logging.ERROR)
-    net = torch.nn.Sequential(Norm(kw["input_mean"], kw["input_std"]), m) if kw else m
-    span = yf.max() - yf.min()
-    out = {}
-    with tempfile.TemporaryDirectory() as d:
-        f32, q8 = os.path.join(d, "m.onnx"), os.path.join(d, "q.onnx")
-        torch.onnx.export(net, torch.zeros(1, xtr.shape[1]), f32, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
-        for meth in (CalibrationMethod.MinMax, CalibrationMethod.Percentile,
-                     CalibrationMethod.Entropy):
-            quantize_static(f32, q8, Reader(xtr), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=meth)
-            sess = ort.InferenceSession(q8, providers=["CPUExecutionProvider"])
-            yq = sess.run(None, {"x": xte.astype(np.float32)})[0]
-            out[meth.name] = 100 * float(np.abs(yq - yf).mean()) / span
-    return out
+# The QAT case where post-training int8 loses points: the 100x unit with one weight
+# scale per layer and no equalization (the unit sets every grid it touches).
+HARD = dict(per_tensor=True, equalize="off", bias_correction="off")
+HARD_EPOCHS = 60
 
 
 def main() -> int:
     import micromlp
-    from micromlp.export.fold import fold_normalization
 
-    from . import fidelity
+    from . import fidelity, peers
 
     warnings.filterwarnings("ignore")
-    rows, qat_rows, bound_rows, peer_rows = [], [], [], []
+    rows, qat_rows, bound_rows, peer_rows, wide_rows = [], [], [], [], []
     for name, m, xtr, ytr, xte, yte, kw, reg in cases():
+        print(name, file=sys.stderr)
         yf = _float(m, xte, kw)
-        span = yf.max() - yf.min()
         for label, opts in CONFIGS:
             q = micromlp.export(m, calib=xtr, out=None, **kw, **opts)
-            err = np.abs(q.run(xte).floats - yf)
+            y = q.run(xte).floats
             kept = "kept" if any(n.startswith("activation equalization kept")
                                  for n in q.notes) else ""
-            rows.append(f"| {name} | {label} | {100 * err.mean() / span:.3f} | "
-                        f"{100 * err.max() / span:.2f} | {kept} |")
+            rows.append(f"| {name} | {label} | {_err(y, yf):.3f} | "
+                        f"{100 * np.abs(y - yf).max() / (yf.max() - yf.min()):.2f} | {kept} |")
             if label.startswith("defaults"):
-                ours = 100 * err.mean() / span
-                peers = onnxruntime_errors(m, xtr, xte, kw, yf)
-                best = min(peers.values())
-                peer_rows.append(f"| {name} | {ours:.3f} | " + " | ".join(
-                    f"{v:.3f}" for v in peers.values()) + f" | {best / ours:.2f}x |")
-                layers = q.source.layers
-                if q.source.mean is not None:
-                    layers = fold_normalization(layers, q.source.mean, q.source.std)
-                c = fidelity.certify(q.model, layers, xte)
+                ours, ptq = y, _task(y, yte, reg)
+                c = fidelity.certify(q.model, fidelity.matching_layers(q.model, q.source), xte)
                 cert = "n/a" if reg else f"{100 * c.certified.mean():.1f} %"
                 sq = " / ".join("exact" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
                                 for r in q.fidelity)
                 bound_rows.append(
                     f"| {name} | {q.error_bound:.4g} | {np.median(c.bound):.4g} | "
-                    f"{c.bound.max():.4g} | {c.observed.max():.4g} | {cert} | {sq} |")
-                ptq = _task(q.run(xte).floats, yte, reg)
+                    f"{c.bound.max():.4g} | {c.observed.max():.4g} | "
+                    f"{c.bound.max() / c.observed.max():.1f}x | {cert} | {sq} |")
+        # the peers at int8
+        ort8 = {k: _err(v, yf) for k, v in peers.onnxruntime_outputs(m, xtr, xte, kw).items()}
+        best = min(ort8, key=ort8.get)
+        tq = {k: _err(v, yf) for k, v in peers.torch_ptq_outputs(m, xtr, xte, kw).items()}
+        mine = _err(ours, yf)
+        peer_rows.append(f"| {name} | {mine:.3f} | {_agree(ours, yf, reg)} | "
+                         f"{ort8[best]:.3f} ({best}) | {tq['torch x86']:.3f} | "
+                         f"{tq['torch qnnpack']:.3f} | "
+                         f"{min([ort8[best], *tq.values()]) / mine:.2f}x |")
+        # 16 bits
+        w16 = micromlp.export(m, calib=xtr, out=None, weight_bits=16, act_bits=16, **kw)
+        a16 = micromlp.export(m, calib=xtr, out=None, act_bits=16, **kw)
+        ort16 = peers.onnxruntime_outputs(m, xtr, xte, kw, bits=16)
+        e16 = min(_err(v, yf) for v in ort16.values())
+        e_w16, e_a16 = _err(w16.run(xte).floats, yf), _err(a16.run(xte).floats, yf)
+        wide_rows.append(f"| {name} | {e_w16:.4f} | {e_a16:.4f} | {e16:.4f} | "
+                         f"{e16 / min(e_w16, e_a16):.2f}x |")
+        torch.manual_seed(0)
         ft = micromlp.finetune(m, xtr, ytr, epochs=20, progress=False,
                                input_mean=kw.get("input_mean"), input_std=kw.get("input_std"))
         q2 = micromlp.export(ft, calib=xtr, out=None, equalize="off", bias_correction="off")
         qat_rows.append(f"| {name} | {_task(yf, yte, reg)} | {ptq} | "
                         f"{_task(q2.run(xte).floats, yte, reg)} |")
-    print("| model | export options | mean error % of span | max error % | equalization |")
-    print("|---|---|---:|---:|---|")
+        if name == "wine, one unit 100x":
+            q = micromlp.export(m, calib=xtr, out=None, **kw, **HARD)
+            ft = micromlp.finetune(m, xtr, ytr, epochs=HARD_EPOCHS, progress=False,
+                                   input_mean=kw["input_mean"], input_std=kw["input_std"],
+                                   **HARD)
+            q2 = micromlp.export(ft, calib=xtr, out=None, **HARD)
+            qat_rows.append(f"| {name}, --per-tensor --equalize off --bias-correction off, "
+                            f"{HARD_EPOCHS} epochs | {_task(yf, yte, reg)} | "
+                            f"{_task(q.run(xte).floats, yte, reg)} | "
+                            f"{_task(q2.run(xte).floats, yte, reg)} |")
+    _table("| model | export options | mean error % of span | max error % | equalization |",
+           "|---|---|---:|---:|---|", rows)
+    _table("| model | proven bound | cell bound, median | cell bound, max | observed max | "
+           "cell max / observed | classes certified | layer SQNR dB (calibration) |",
+           "|---|---:|---:|---:|---:|---:|---:|---|", bound_rows)
+    _table("| model | micromlp int8 (defaults) | top-1 agreement | onnxruntime int8, best "
+           "method | PyTorch x86 | PyTorch qnnpack | best peer / micromlp |",
+           "|---|---:|---:|---:|---:|---:|---:|", peer_rows)
+    _table("| model | micromlp 16-bit weights, 16-bit activations | micromlp 8-bit weights, "
+           "16-bit activations | onnxruntime int16, best method | onnxruntime / micromlp "
+           "best |", "|---|---:|---:|---:|---:|", wide_rows)
+    _table("| model | float | fixed point (defaults) | fine-tuned 20 epochs, then exported |",
+           "|---|---|---|---|", qat_rows)
+    return 0
+
+
+def _table(head: str, rule: str, rows: list[str]) -> None:
+    print(head)
+    print(rule)
     print("\n".join(rows))
     print()
-    print("| model | proven bound | cell bound, median | cell bound, max | observed max | "
-          "classes certified | layer SQNR dB (calibration) |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    print("\n".join(bound_rows))
-    print()
-    print("| model | micromlp (defaults) | onnxruntime MinMax | Percentile | Entropy | "
-          "best onnxruntime / micromlp |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print("\n".join(peer_rows))
-    print()
-    print("| model | float | fixed point (defaults) | fine-tuned 20 epochs, then exported |")
-    print("|---|---|---|---|")
-    print("\n".join(qat_rows))
-    return 0
 
 
 if __name__ == "__main__":

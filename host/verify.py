@@ -50,6 +50,9 @@ class VerifyReport:
     certified: float | None = None
     clipped_features: list = field(default_factory=list)  # host/fidelity.input_clipping
     cell_bound_broken: bool = False  # an observed error above its cell bound: a bug
+    # verify(..., layers=True): per layer, host/fidelity.layer_report's row with
+    # layer_alone's (the output error when only this layer is quantized) merged in
+    layers: list = field(default_factory=list)
 
     @property
     def bit_exact(self) -> bool:
@@ -110,6 +113,7 @@ def verify(
     max_accuracy_drop: float = 0.01,
     min_agreement: float = 0.99,
     label_column=None,
+    layers: bool = False,
 ) -> VerifyReport:
     """verify_arrays on a data file; float_model is any form micromlp exports (a path
     or an object) or a Source."""
@@ -119,7 +123,8 @@ def verify(
         from ..export.sources import load_source
 
         source = load_source(float_model)
-    return verify_arrays(mlp_path, x, y, source, vm_names, max_accuracy_drop, min_agreement)
+    return verify_arrays(mlp_path, x, y, source, vm_names, max_accuracy_drop, min_agreement,
+                         layers)
 
 
 def verify_arrays(
@@ -130,12 +135,17 @@ def verify_arrays(
     vm_names: tuple[str, ...] = vms.FIRMWARE_VMS,
     max_accuracy_drop: float = 0.01,
     min_agreement: float = 0.99,
+    layers: bool = False,
 ) -> VerifyReport:
     """Compare every VM with the reference bit for bit, and the reference with the float
-    model (a Source) when one is given."""
+    model (a Source) when one is given; with layers, where the error comes from, layer
+    by layer (needs the float model)."""
     from ..export.data import check_inputs
     from ..export.layers import ExportError
 
+    if layers and source is None:
+        raise ExportError("the per-layer report needs the float model the file was "
+                          "exported from (--float MODEL)")
     model = modelfile.load(mlp_path)
     x = check_inputs(x, str(mlp_path) + " data", model.n_inputs)
     if len(x) == 0:
@@ -180,6 +190,8 @@ def verify_arrays(
             if labels is not None:
                 rep.float_accuracy = float((cls == labels).mean())
         _certify(rep, model, source, x)
+        if layers:
+            _layers(rep, model, source, x)
         if not source.comparable:
             rep.notes.append(f"errors are against the float layer list (the {rep.float_model} "
                              f"model's answer is probabilities); classes against "
@@ -202,16 +214,21 @@ def verify_arrays(
 
 def _certify(rep: VerifyReport, model, source, x: np.ndarray) -> None:
     """The per-cell bounds and certified classes against the float layer list."""
-    from ..export.fold import fold_normalization
-
-    layers = source.layers
-    if source.mean is not None and source.std is not None:
-        layers = fold_normalization(layers, source.mean, source.std)
-    cert = fidelity.certify(model, layers, x)
+    cert = fidelity.certify(model, fidelity.matching_layers(model, source), x)
     rep.cell_bound_median = float(np.median(cert.bound))
     rep.cell_bound_max = float(cert.bound.max())
     rep.certified = float(cert.certified.mean()) if model.n_outputs > 1 else None
     rep.cell_bound_broken = bool(np.any(cert.observed > cert.bound * (1 + 1e-9) + 1e-12))
+
+
+def _layers(rep: VerifyReport, model, source, x: np.ndarray) -> None:
+    """Per layer: where the error comes from (host/fidelity)."""
+    layers = fidelity.matching_layers(model, source)
+    for row, alone in zip(fidelity.layer_report(model, layers, x),
+                          fidelity.layer_alone(model, layers, x), strict=True):
+        row.update(alone_mean_error=alone["mean_error"], alone_max_error=alone["max_error"],
+                   alone_agreement=alone["agreement"])
+        rep.layers.append(row)
 
 
 def _class_indices(y: np.ndarray, n_outputs: int) -> np.ndarray | None:
@@ -270,6 +287,32 @@ def format_report(rep: VerifyReport) -> str:
                      f"its range [{c['range'][0]:.4g}, {c['range'][1]:.4g}] (clamped)")
     if len(rep.clipped_features) > 8:
         lines.append(f"  ... and {len(rep.clipped_features) - 8} more clipped features")
+    if rep.layers:
+        lines.append(layers_table(rep.layers, indent="  "))
     lines += [f"  note: {n}" for n in rep.notes]
     lines.append("  result: " + ("OK" if rep.ok else "FAILED: " + "; ".join(rep.failures)))
     return "\n".join(lines)
+
+
+def layers_table(rows: list[dict], indent: str = "") -> str:
+    """verify's per-layer rows as text: the quantized network against float, layer by
+    layer, then the output error with only that layer quantized."""
+    lines = [
+        "per layer (float outputs of each layer against the board's; \"alone\": the "
+        "network's output error with only this layer quantized, % of the output span):",
+        f"{'#':>3} {'shape':>9} {'SQNR dB':>8} {'max err':>9} {'p99 err':>9} "
+        f"{'in range':>9} {'bound':>9} {'clipped':>8} {'levels used':>13} "
+        f"{'alone mean':>10} {'alone max':>9} {'alone top-1':>11}"]
+    for r in rows:
+        sq = "exact" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
+        agree = "" if r["alone_agreement"] is None else f"{100 * r['alone_agreement']:.2f} %"
+        lines.append(
+            f"{r['layer']:>3} {r['shape']:>9} {sq:>8} {r['max_abs_error']:>9.3g} "
+            f"{r['p99_abs_error']:>9.3g} {r['max_abs_error_in_range']:>9.3g} "
+            f"{r['error_bound']:>9.3g} {100 * r['clipped']:>7.2f}% "
+            f"{r['levels_used']:>6}/{r['grid_levels']:<6} "
+            f"{100 * r['alone_mean_error']:>9.3f}% {100 * r['alone_max_error']:>8.3f}% "
+            f"{agree:>11}")
+    lines.append("('in range': max error over samples no clamp has touched up to that layer, "
+                 "which the layer's proven bound holds)")
+    return "\n".join(indent + ln for ln in lines)

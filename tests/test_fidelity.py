@@ -216,3 +216,131 @@ def test_16_bit_activations_with_8_bit_weights_use_the_full_grid(outlier, tmp_pa
     assert q.model.in_hi == 65535
     rep = q.verify(xte, vms=("unix", "wasm"))
     assert rep.bit_exact and rep.ok, rep.failures
+
+
+def test_align_units_recovers_the_equalized_layers_from_the_file(outlier, tmp_path):
+    m, xtr, _, kw = outlier
+    q = micromlp.export(m, calib=xtr, out=tmp_path, **kw)
+    assert any(n.startswith("activation equalization kept") for n in q.notes), q.notes
+    kept = q.model.meta["float_layers"]  # what export quantized, unit by unit
+    loaded = micromlp.load(tmp_path / "model.mlp", float_model=m).model  # no meta
+    src = q.source
+    plain = fold_normalization(src.layers, src.mean, src.std)
+    aligned = fidelity.align_units(plain, loaded)
+    for a, k in zip(aligned, kept, strict=True):
+        scale = np.abs(k.weight).max()
+        assert np.abs(a.weight - k.weight).max() < 0.01 * scale
+    # without the alignment the rescaled hidden units do not match at all
+    assert np.abs(plain[0].weight - kept[0].weight).max() > 10 * np.abs(kept[0].weight).max()
+
+
+def test_verify_layers_points_at_the_lossy_layer_and_bounds_hold(outlier, tmp_path):
+    m, xtr, xte, kw = outlier
+    off = micromlp.export(m, calib=xtr, out=tmp_path / "off", equalize="off", **kw)
+    auto = micromlp.export(m, calib=xtr, out=tmp_path / "auto", **kw)
+    r_off = off.verify(xte, vms=(), layers=True).layers
+    r_auto = auto.verify(xte, vms=(), layers=True).layers
+    assert [r["layer"] for r in r_off] == [0, 1, 2]
+    # without equalization the outlier unit coarsens the grid between layers 0 and 1
+    # (layer 0's outputs, layer 1's inputs): quantizing either alone costs far more
+    # than the last layer, and far more than once equalized
+    alone = [r["alone_mean_error"] for r in r_off]
+    for i in (0, 1):
+        assert alone[i] > 10 * alone[2] and alone[i] > 3 * r_auto[i]["alone_mean_error"]
+    assert r_off[0]["levels_used"] < r_auto[0]["levels_used"] / 3
+    for r in r_off + r_auto:
+        # the proven per-layer bound holds where no clamp was touched
+        assert r["max_abs_error_in_range"] <= r["error_bound"]
+        assert r["p99_abs_error"] <= r["max_abs_error"]
+        assert 0 < r["levels_used"] <= r["grid_levels"]
+    # one layer: quantizing it alone is quantizing the whole network
+    single = torch.nn.Sequential(torch.nn.Linear(13, 3))
+    q1 = micromlp.export(single, calib=xtr, out=None)
+    rep = q1.verify(xte, vms=(), layers=True)
+    yf = q1.source.evaluate(xte)[0]
+    full = np.abs(q1.run(xte).floats - yf).mean() / (yf.max() - yf.min())
+    assert rep.layers[0]["alone_mean_error"] == pytest.approx(full, rel=1e-6)
+    text = micromlp.format_report(rep)
+    assert "with only this layer quantized" in text
+
+
+def test_verify_layers_needs_the_float_model(outlier, tmp_path, capsys):
+    from micromlp.host.cli import main
+
+    m, xtr, xte, kw = outlier
+    micromlp.export(m, calib=xtr, out=tmp_path, **kw)
+    np.savez(tmp_path / "t.npz", x_test=xte)
+    rc = main(["verify", str(tmp_path / "model.mlp"), "--data", str(tmp_path / "t.npz"),
+               "--layers", "--vm", "cpython"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "needs the float model" in err and "Traceback" not in err
+
+
+def test_inputs_on_a_decimal_lattice_are_represented_exactly():
+    from micromlp.export.qmodel import quantize_floats
+    from micromlp.export.quantize import quantize_inputs
+
+    rng = np.random.default_rng(0)
+    tenths = np.round(rng.normal(5.0, 1.0, size=(150, 1)), 1)  # iris-like, 1 decimal
+    halves = rng.integers(0, 40, size=(150, 1)) * 0.5
+    noise = rng.normal(0.0, 1.0, size=(150, 1))  # no lattice: the plain step
+    x = np.hstack([tenths, halves, noise])
+    scale, zero, lo, hi, _ = quantize_inputs(x, 8, headroom=0.1, sigmas=5.0)
+    # every value (and every other value on the lattice inside the range) is a grid point
+    fresh = np.hstack([np.round(rng.normal(5.0, 1.0, size=(50, 1)), 1),
+                       rng.integers(0, 40, size=(50, 1)) * 0.5, np.zeros((50, 1))])
+    for data in (x, fresh):
+        q = quantize_floats(data, scale, zero, lo, hi)
+        back = (q - zero) * scale
+        np.testing.assert_allclose(back[:, :2], data[:, :2], rtol=1e-6, atol=1e-6)
+    # the lattice steps divide the lattice, and the grid still covers the widened range
+    assert round(0.1 / scale[0]) == pytest.approx(0.1 / scale[0], abs=1e-4)
+    assert round(0.5 / scale[1]) == pytest.approx(0.5 / scale[1], abs=1e-4)
+    covered = (hi - lo) * scale
+    assert covered[0] >= 1.2 * np.ptp(tenths) and covered[1] >= 1.2 * np.ptp(halves)
+    # no lattice: the data's values are not grid points
+    q = quantize_floats(noise.T[0][:, None].repeat(3, 1), scale, zero, lo, hi)
+    assert np.abs((q[:, 2] - zero[2]) * scale[2] - noise[:, 0]).max() > 1e-3
+
+
+def test_a_feature_with_a_tail_gets_room_a_bounded_one_does_not():
+    from micromlp.export.quantize import quantize_inputs
+
+    rng = np.random.default_rng(1)
+    uniform = rng.uniform(0, 10, size=(130, 1))
+    tailed = rng.normal(3.0, 1.0, size=(130, 1))  # tails: a small set understates them
+    x = np.hstack([uniform, tailed])
+    scale, zero, lo, hi, _ = quantize_inputs(x, 8, headroom=0.1, sigmas=5.0)
+    top = (hi - zero) * scale
+    # the bounded feature: its range plus 10 % of its span, no more
+    span = uniform.max() - uniform.min()
+    assert top[0] == pytest.approx(uniform.max() + 0.1 * span, rel=0.01)
+    # the tailed one reaches 5 standard deviations, past the plain headroom: fewer
+    # fresh samples from its distribution clip
+    assert top[1] >= tailed.mean() + 5 * tailed.std() - scale[1]
+    s0, z0, _, h0, _ = quantize_inputs(x, 8, headroom=0.1, sigmas=0.0)  # the rule off
+    plain = (h0 - z0) * s0
+    assert plain[0] == pytest.approx(top[0]) and plain[1] < top[1]
+    fresh = rng.normal(3.0, 1.0, size=100_000)
+    assert (fresh > top[1]).mean() < 0.5 * (fresh > plain[1]).mean()
+
+
+def test_qat_recovers_what_post_training_int8_loses(outlier):
+    # one weight scale per layer and no equalization: the 100x unit sets every grid it
+    # touches, and post-training int8 loses points; fine-tuning on those grids wins
+    # them back
+    m, xtr, xte, kw = outlier
+    d = load_dataset("wine")
+    _, ytr, _, yte = split(d.x, d.y)
+    hard = dict(per_tensor=True, equalize="off", bias_correction="off")
+    with torch.no_grad():
+        xin = torch.tensor((xte - kw["input_mean"]) / kw["input_std"], dtype=torch.float32)
+        float_acc = float((m(xin).argmax(1).numpy() == yte).mean())
+    ptq = micromlp.export(m, calib=xtr, out=None, **kw, **hard)
+    ptq_acc = float((ptq.run(xte).predicted == yte).mean())
+    assert ptq_acc <= float_acc - 0.01
+    torch.manual_seed(0)
+    ft = micromlp.finetune(m, xtr, ytr, epochs=60, progress=False, **kw, **hard)
+    q = micromlp.export(ft, calib=xtr, out=None, **hard)
+    qat_acc = float((q.run(xte).predicted == yte).mean())
+    assert qat_acc >= ptq_acc + 0.01 and qat_acc >= float_acc - 0.005, (ptq_acc, qat_acc)
