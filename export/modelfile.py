@@ -1,4 +1,4 @@
-"""Write and read model files (.mlp), format version 1 (docs/format.md).
+"""Write and read model files (.mlp), format versions 1 and 2 (docs/format.md).
 
 The reader is the host twin of the loader in firmware/micromlp.py: it checks
 the same things in the same order and raises the same messages, so a bad file
@@ -19,17 +19,21 @@ from .qmodel import (
     F32_INF,
     SLOPE_LIMIT,
     SMALL_INT,
+    WIDE_SHIFT,
     QuantLayer,
     QuantModel,
     requant_ok,
+    wide_sums_bound,
 )
 
 MAGIC = b"MMLP"
-VERSION = 1
+VERSION = 2  # the newest this reads; a file without wide layers is written as version 1
+VERSIONS = (1, 2)
 HEADER_SIZE = 40
 LAYER_HEADER_SIZE = 40
 FLAG_BIAS = 1
 FLAG_FOLDED = 2  # the bias came from folding; the source layer had none
+FLAG_WIDE = 4  # version 2: 16-bit weights times 16-bit inputs, acc = b + floor(W x / 256)
 # inputs and each input's zero point lie closer than this to 0 and to both ends of the
 # input range: net.quantize on a 32-bit board then counts in small ints
 ZERO_REACH = 1 << 29
@@ -67,7 +71,8 @@ def to_bytes(model: QuantModel) -> bytes:
     for layer in model.layers:
         start = len(body)
         # 8-bit weights are stored offset-binary (u = w + 128, docs/format.md)
-        flags = (FLAG_BIAS if layer.has_bias else 0) | (FLAG_FOLDED if layer.bias_note else 0)
+        flags = ((FLAG_BIAS if layer.has_bias else 0) | (FLAG_FOLDED if layer.bias_note else 0)
+                 | (FLAG_WIDE if layer.wide else 0))
         size = layer_size(layer.n_in, layer.n_out, layer.w_bits, layer.has_bias)
         body += _LAYER.pack(
             size,
@@ -100,7 +105,7 @@ def to_bytes(model: QuantModel) -> bytes:
     fsize = HEADER_SIZE + len(body) + 4
     head = _HEADER.pack(
         MAGIC,
-        VERSION,
+        2 if any(layer.wide for layer in model.layers) else 1,
         HEADER_SIZE,
         fsize,
         len(model.layers),
@@ -168,7 +173,7 @@ def positive_finite(bits: int) -> bool:
     return 0 < bits < F32_INF
 
 
-def _check_layer_header(bad, h: tuple, n_in_expected: int) -> None:
+def _check_layer_header(bad, h: tuple, n_in_expected: int, version: int) -> None:
     (size, n_in, n_out, w_bits, flags, act, res11, lo, hi, bound, _in_scale, _out_scale, _err,
      slope_mult, slope_shift, res39) = h
     if n_in != n_in_expected:
@@ -184,10 +189,13 @@ def _check_layer_header(bad, h: tuple, n_in_expected: int) -> None:
             raise bad(f"LeakyReLU slope {slope_mult} / 2**{slope_shift} is out of range")
     elif slope_mult or slope_shift:
         raise bad(f"slope fields are {slope_mult}, {slope_shift} without LeakyReLU, expected 0")
-    if flags & ~(FLAG_BIAS | FLAG_FOLDED):
+    if flags & ~(FLAG_BIAS | FLAG_FOLDED | FLAG_WIDE):
         raise bad(f"unknown flags 0x{flags:x}")
-    if flags == FLAG_FOLDED:
+    if flags & (FLAG_BIAS | FLAG_FOLDED) == FLAG_FOLDED:
         raise bad("flag 0x2 (folded bias) is set without flag 0x1 (bias)")
+    if flags & FLAG_WIDE and (version < 2 or w_bits != 16):
+        raise bad(f"flag 0x4 (wide) needs 16-bit weights and format version 2, got "
+                  f"{w_bits}-bit weights in version {version}")
     if res11 or res39:
         raise bad(f"reserved bytes are {res11}, {res39}, expected 0")
     if lo > hi:
@@ -199,7 +207,7 @@ def _check_layer_header(bad, h: tuple, n_in_expected: int) -> None:
 
 
 def _read_layer(
-    cur: _Cursor, index: int, n_in_expected: int, x_max: int, real_size: int
+    cur: _Cursor, index: int, n_in_expected: int, x_max: int, real_size: int, version: int
 ) -> tuple[QuantLayer, int]:
     """One layer record, checked; and its output scale's float32 bits."""
     at = cur.pos
@@ -211,8 +219,9 @@ def _read_layer(
     def bad(msg: str) -> ModelFileError:
         return ModelFileError(f"layer {index} at offset {at}: {msg}")
 
-    _check_layer_header(bad, h, n_in_expected)
+    _check_layer_header(bad, h, n_in_expected, version)
     has_bias = bool(flags & FLAG_BIAS)
+    wide = bool(flags & FLAG_WIDE)
     expect = layer_size(n_in, n_out, w_bits, has_bias)
     if size != expect:
         raise bad(f"size field is {size}, expected {expect}")
@@ -224,12 +233,16 @@ def _read_layer(
     b = cur.array("<i4", n_out, f"layer {index} bias") if has_bias else None
     # The stored bound is a cross-check, not a premise: every channel's worst case
     # is recomputed from its weights and bias, as the board does.
-    per_row = channel_bounds(w, b, x_max)
+    per_row = channel_bounds(w, b, x_max, wide)
     over = np.nonzero(per_row > bound)[0]
     if len(over):
         c = int(over[0])
         raise bad(f"channel {c} can reach {int(per_row[c])}, above the recorded accumulator "
                   f"bound {bound}")
+    if wide:
+        sums = wide_sums_bound(w, b, x_max)
+        if sums >= SMALL_INT:
+            raise bad(f"a sum of the inputs' bytes can reach {sums} >= 2**30 (wide layer)")
     run = running_sum_bound(w_bits, b, n_in, x_max)
     if run >= SMALL_INT:
         raise bad(f"running sum can reach {run} >= 2**30 (8-bit weights are offset by 128)")
@@ -257,6 +270,7 @@ def _read_layer(
         bias_note="folded" if flags & FLAG_FOLDED else "",
         slope_mult=slope_mult if act == ACT_LEAKY else 0,
         slope_shift=slope_shift if act == ACT_LEAKY else 0,
+        wide=wide,
     )
     return layer, struct.unpack_from("<I", raw, 28)[0]
 
@@ -266,9 +280,9 @@ def _check_header(head: tuple, out_bits: int, real_size: int) -> None:
      _out_scale, _error_bound, reserved) = head
     if magic != MAGIC:
         raise ModelFileError(f"offset 0: bad magic {magic!r}, expected {MAGIC!r}")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise ModelFileError(
-            f"offset 4: format version {version}, this engine reads version {VERSION}"
+            f"offset 4: format version {version}, this engine reads versions 1 and 2"
         )
     if hsize != HEADER_SIZE:
         raise ModelFileError(f"offset 6: header size {hsize}, expected {HEADER_SIZE}")
@@ -317,7 +331,7 @@ def from_bytes(data: bytes) -> QuantModel:
     n_in = n_inputs
     x_max = max(-in_lo, in_hi)
     for i in range(n_layers):
-        layer, last_bits = _read_layer(cur, i, n_in, x_max, real_size)
+        layer, last_bits = _read_layer(cur, i, n_in, x_max, real_size, head[1])
         layers.append(layer)
         n_in = layers[-1].n_out
         x_max = max(-layers[-1].lo, layers[-1].hi)
@@ -350,17 +364,22 @@ def from_bytes(data: bytes) -> QuantModel:
     )
 
 
-def channel_bounds(w: np.ndarray, b: np.ndarray | None, x_max: int) -> np.ndarray:
-    """Each channel's worst-case |acc| over inputs with |x_i| <= x_max: sum|w_c| x_max + |b_c|."""
+def channel_bounds(w: np.ndarray, b: np.ndarray | None, x_max: int,
+                   wide: bool = False) -> np.ndarray:
+    """Each channel's worst-case |acc| over inputs with |x_i| <= x_max: sum|w_c| x_max + |b_c|
+    (a wide layer: ceil(sum|w_c| x_max / 256) + |b_c|)."""
     per_row = np.abs(w.astype(np.int64)).sum(axis=1) * int(x_max)
+    if wide:
+        per_row = (per_row + (1 << WIDE_SHIFT) - 1) >> WIDE_SHIFT
     if b is not None:
         per_row = per_row + np.abs(b.astype(np.int64))
     return per_row
 
 
-def accumulator_bound(w: np.ndarray, b: np.ndarray | None, x_max: int) -> int:
+def accumulator_bound(w: np.ndarray, b: np.ndarray | None, x_max: int,
+                      wide: bool = False) -> int:
     """Worst-case |acc| over all inputs with |x_i| <= x_max: max_c sum|w_c| * x_max + |b_c|."""
-    return int(channel_bounds(w, b, x_max).max())
+    return int(channel_bounds(w, b, x_max, wide).max())
 
 
 def load(path: str | Path) -> QuantModel:

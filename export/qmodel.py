@@ -60,6 +60,18 @@ MULT_LIMIT = 1 << 14  # mult < MULT_LIMIT when shift >= SPLIT_SHIFT
 MAX_SHIFT = 45  # shift - 15 <= 30: a shift count every port handles
 
 
+WIDE_SHIFT = 8  # a wide layer's dot product is floor-divided by 2**8
+
+
+def wide_sums_bound(w: np.ndarray, b: np.ndarray | None, x_max: int) -> int:
+    """Largest sum a wide layer's kernel forms: b + sum(w * (x >> 8)) and
+    sum(w * (x & 255)), every prefix included, for |x| <= x_max."""
+    abs_w = np.abs(w.astype(np.int64)).sum(axis=1)
+    b_abs = np.abs(b.astype(np.int64)) if b is not None else 0
+    high = abs_w * ((int(x_max) + 255) >> WIDE_SHIFT) + b_abs
+    return int(max(high.max(), (abs_w * 255).max()))
+
+
 def requant_ok(bound: int, mult: int, shift: int) -> bool:
     """Whether the engine can apply (mult, shift) to accumulators within bound below 2**30."""
     if mult < 1 or shift > MAX_SHIFT:
@@ -81,6 +93,11 @@ class QuantLayer:
 
     with rnd[c] = 2**(shift[c]-1) (0 when shift[c] == 0). Real values are
     ``x * in_scale`` for inputs and ``y * out_scale`` for outputs.
+
+    A wide layer (16-bit weights times 16-bit inputs) has
+    ``acc = b[c] + floor(sum_i w[c, i] * x[i] / 256)``: the engine forms the dot product
+    in the inputs' two bytes, so no value reaches 2**30 (docs/format.md); b is then in
+    units of 256.
     """
 
     w: np.ndarray  # int8/int16 [n_out, n_in]
@@ -99,6 +116,7 @@ class QuantLayer:
     bias_note: str = ""  # why a layer whose source had no bias has one (folding)
     slope_mult: int = 0  # LeakyReLU: y = (max(v, leaky_floor) * slope_mult + rnd) >> slope_shift
     slope_shift: int = 0
+    wide: bool = False  # acc = b + floor(W x / 256), formed in the inputs' two bytes
 
     @property
     def n_in(self) -> int:

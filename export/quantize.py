@@ -29,6 +29,7 @@ from .qmodel import (
     SPLIT_SHIFT,
     QuantLayer,
     QuantModel,
+    wide_sums_bound,
 )
 
 
@@ -47,8 +48,9 @@ class QuantOptions:
     # on each side, so test data a little past the calibration data does not clip.
     headroom: float = 0.1
     # ... and a side of a feature with a tail reaches this many standard deviations from
-    # its mean (0: off; see quantize_inputs)
-    input_sigmas: float = 5.0
+    # its mean (0: off; see quantize_inputs); None: 5 on 8-bit input grids, 10 on 16-bit
+    # ones (room costs a bit at 8 and little at 16)
+    input_sigmas: float | None = None
     # Bias correction: a layer's bias absorbs the mean error its weights' rounding
     # causes on the calibration data. "bias" (or True): layers that have a bias; "all":
     # also bias-free layers, which get one (the layer table says so: it costs a word
@@ -105,6 +107,13 @@ def _round(x: np.ndarray) -> np.ndarray:
 
 
 TAIL_START = 2.0  # standard deviations: a feature side reaching past this has a tail
+
+
+def tail_sigmas(opts: QuantOptions) -> float:
+    """How far a tailed input feature's range reaches, in standard deviations."""
+    if opts.input_sigmas is not None:
+        return float(opts.input_sigmas)
+    return 5.0 if opts.act_bits == 8 else 10.0
 
 
 def quantize_inputs(
@@ -283,6 +292,10 @@ def quantize(
         )
 
     spreads = [_spread(layer.weight) for layer in layers]
+    # 16-bit weights with 16-bit activations: every grid takes its full 16 bits, and a
+    # layer whose sums could then reach 2**30 is wide (acc = b + floor(W x / 256),
+    # formed in the inputs' two bytes)
+    full16 = opts.weight_bits == 16 and opts.act_bits == 16
     notes: list[str] = []
     if opts.input_range is not None:
         in_lo, in_hi = (int(v) for v in opts.input_range)
@@ -293,9 +306,10 @@ def quantize(
         notes += _range_warnings(calib, in_lo, in_hi)
     else:
         in_scale, in_zero, in_lo, in_hi, e_in = quantize_inputs(
-            calib, opts.act_bits, min((1 << opts.act_bits) - 1, _grid_cap(
-                spreads[0], opts.weight_bits, layers[0].n_in)),
-            opts.headroom, opts.input_sigmas)
+            calib, opts.act_bits, (1 << opts.act_bits) - 1 if full16 else min(
+                (1 << opts.act_bits) - 1, _grid_cap(spreads[0], opts.weight_bits,
+                                                    layers[0].n_in)),
+            opts.headroom, tail_sigmas(opts))
         far = np.flatnonzero((in_hi - in_zero >= ZERO_REACH) | (in_zero - in_lo >= ZERO_REACH))
         if len(far):
             i = int(far[0])
@@ -344,7 +358,7 @@ def quantize(
             lo, hi = max(lo, int(_round(a / s_y))), min(hi, int(_round(b / s_y)))
         else:
             lo, hi = _act_range(relu, bits)
-            if not last:  # this grid is the next layer's input grid: fit it
+            if not last and not full16:  # this grid is the next layer's input grid: fit it
                 cap = _grid_cap(spreads[i + 1], opts.weight_bits, flayers[i + 1].n_in)
                 lo, hi = max(lo, -cap), min(hi, cap)
             y_max = activation_range(outs[i], hi, opts.calib_method, opts.headroom)
@@ -359,13 +373,20 @@ def quantize(
                 slope_mult = int(_round(layer.slope * 2.0**slope_shift))
 
         wmax = (1 << (opts.weight_bits - 1)) - 1
+        wide = full16 and x_max * wmax * spreads[i] >= SMALL_INT // 2
+        scale_acc = 256 if wide else 1  # a bias and acc unit, in products w * x
         row_max = np.abs(layer.weight).max(axis=1)
         # Fit the weight grid: per row, |acc| <= wmax * (sum|w|/max|w| * max|x| +
         # |b| / (s_x max|w|)); keep that under 0.9 * 2**30 (the rest absorbs rounding).
+        # Wide: the sums of the inputs' high bytes, with the bias in units of 256, and
+        # of their low bytes (up to 255 each) stay under the same limit.
         safe = np.where(row_max > 0, row_max, 1.0)
-        cost = np.abs(layer.weight).sum(axis=1) / safe * x_max
+        spread = np.abs(layer.weight).sum(axis=1) / safe
+        cost = spread * (((x_max + 255) >> 8) if wide else x_max)
         if layer.bias is not None:
-            cost = cost + np.abs(layer.bias) / (s_x * safe)
+            cost = cost + np.abs(layer.bias) / (s_x * safe * scale_acc)
+        if wide:
+            cost = np.maximum(cost, spread * 255)
         wmax = max(1, min(wmax, int(0.9 * SMALL_INT / max(1.0, float(cost.max())))))
         if not opts.per_channel:  # one scale for the whole layer
             row_max = np.full_like(row_max, row_max.max())
@@ -384,7 +405,7 @@ def quantize(
                 layer = replace(layer, bias=layer.bias + shift)
         b_q = None
         if layer.bias is not None:
-            b_real = _round(layer.bias / (s_x * s_w))
+            b_real = _round(layer.bias / (s_x * s_w * scale_acc))
             if np.abs(b_real).max() >= SMALL_INT:
                 c = int(np.abs(b_real).argmax())
                 raise ExportError(
@@ -393,8 +414,11 @@ def quantize(
                     f"to it); the accumulator can reach 2**30 whatever the bits"
                 )
             b_q = b_real.astype(np.int64)
-        bound = accumulator_bound(w_q, b_q, x_max)
+        bound = accumulator_bound(w_q, b_q, x_max, wide)
         where = f"layer {i} ({layer.n_in}->{layer.n_out})"
+        if wide and wide_sums_bound(w_q, b_q, x_max) >= SMALL_INT:
+            raise ExportError(f"{where}: a sum of the inputs' bytes can reach 2**30; use "
+                              f"fewer weight or activation bits")
         if bound >= SMALL_INT:
             raise ExportError(
                 f"{where}: the accumulator can reach {bound} >= 2**30 for inputs in range; "
@@ -407,7 +431,7 @@ def quantize(
                 f"{run} >= 2**30 for inputs up to {x_max}; use --weight-bits 16 or fewer "
                 f"activation bits"
             )
-        m_real = s_x * s_w / s_y
+        m_real = s_x * s_w * scale_acc / s_y
         mult = np.zeros(layer.n_out, dtype=np.int64)
         shift = np.zeros(layer.n_out, dtype=np.int64)
         for c in range(layer.n_out):
@@ -426,14 +450,17 @@ def quantize(
         e = np.abs(w_hat - layer.weight).sum(axis=1) * x_abs
         e += np.abs(layer.weight) @ err_in
         if layer.bias is not None:
-            e += np.abs(b_q * s_x * s_w - float_bias)
-        acc_max = np.abs(w_q).sum(axis=1) * x_max + (np.abs(b_q) if b_q is not None else 0)
+            e += np.abs(b_q * s_x * s_w * scale_acc - float_bias)
+        acc_max = np.abs(w_q).sum(axis=1) * x_max / scale_acc + (
+            np.abs(b_q) if b_q is not None else 0)
+        if wide:  # floor(W x / 256) is up to one unit of 256 products below W x / 256
+            e += scale_acc * s_x * s_w
         e += acc_max * np.abs(mult / np.exp2(shift) - m_real) * s_y
         e += 0.5 * s_y
         if layer.act == "clamp":  # the integer clamp sits within half a step of the real one
             e += 0.5 * s_y
         if layer.act == "leaky":  # the slope's rounding and the rounding after it
-            pre = acc_max * s_x * s_w  # |pre-activation| in real units
+            pre = acc_max * s_x * s_w * scale_acc  # |pre-activation| in real units
             e += np.abs(slope_mult / 2.0**slope_shift - layer.slope) * pre + 0.5 * s_y
         # PyTorch computes in float32: allow its own rounding, (n+2) * 2**-24 relative.
         e += (
@@ -465,6 +492,7 @@ def quantize(
                 w_bits=opts.weight_bits,
                 error_bound=errors[-1],
                 bias_note=layer.bias_note,
+                wide=wide,
             )
         )
         s_x, x_max, err_in = s_y, max(abs(lo), abs(hi)), e

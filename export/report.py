@@ -35,6 +35,7 @@ def layer_rows(model: QuantModel) -> list[dict]:
                 "acc_bound_log2": float(np.log2(max(1, layer.acc_bound))),
                 "mult_bits_min": mult_bits,
                 "error_bound": float(layer.error_bound),
+                "wide": layer.wide,  # acc = b + floor(W x / 256) (docs/format.md)
             }
         )
     return rows
@@ -69,7 +70,7 @@ def layer_table(model: QuantModel) -> str:
                 str(r["params"]),
                 str(r["params_no_bias"]),
                 str(r["bytes"]),
-                f"int{r['w_bits']} +-{r['w_max']}",
+                f"int{r['w_bits']} +-{r['w_max']}" + (" wide" if r["wide"] else ""),
                 f"{r['in_scale']:.4g}",
                 f"{r['out_scale']:.4g}",
                 f"{r['w_scale_min']:.3g}..{r['w_scale_max']:.3g}",

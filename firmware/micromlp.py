@@ -49,7 +49,7 @@ except (ImportError, SyntaxError, NameError):
 
 # File layout constants (docs/format.md).
 _MAGIC = b"MMLP"
-_VERSION = const(1)
+_VERSION = const(2)  # reads versions 1 and 2 (2: wide layers)
 _HEADER_SIZE = const(40)
 _LAYER_HEADER_SIZE = const(40)
 _ACT_NONE = const(0)
@@ -58,6 +58,7 @@ _ACT_CLAMP = const(2)  # ReLU6, Hardtanh: the clamp [lo, hi] is the activation
 _ACT_LEAKY = const(3)  # LeakyReLU: negative values times slope_mult / 2**slope_shift
 _FLAG_BIAS = const(1)
 _FLAG_FOLDED = const(2)  # informational: the bias came from folding
+_FLAG_WIDE = const(4)  # 16-bit weights times 16-bit inputs: acc = b + floor(W x / 256)
 _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below this
 _F32_INF = const(0x7F800000)  # float32 bits of +inf: positive finite is 0 < bits < this
 _REACH = const(0x20000000)  # 2**29: inputs and their zero points stay this close to 0
@@ -78,10 +79,11 @@ _SLOPE_M = const(11)  # LeakyReLU: slope_mult (0: no LeakyReLU), slope_shift, it
 _SLOPE_S = const(12)  # rounding term, and the floor a negative value is clamped to
 _SLOPE_RND = const(13)  # before the slope multiplies it
 _SLOPE_FLOOR = const(14)
+_WIDE = const(15)  # 1: a wide layer (the dot product in the inputs' two bytes)
 # then per channel c at _Q + 4*c: bias, mult, rnd, shift; rnd = 2**(shift-1) (0 for
 # shift 0), or from shift 15 on, 2**(shift-16) (0 for shift 15), the rounding term
 # above bit 15.
-_Q = const(15)
+_Q = const(16)
 
 VERSION = "0.1.0"
 
@@ -112,7 +114,10 @@ def _linear(x, w, q, y):
     # u = w + 128, so sum(w x) = sum(u x) - 128 sum(x): plain bytes, no sign
     # fix per multiply. Four rows share each pass over x, which saves loop steps
     # and index updates per multiply-add, and a zero input (ReLU makes many)
-    # skips its four multiply-adds; the rest go one row at a time.
+    # skips its four multiply-adds; the rest go one row at a time. A wide layer
+    # (16-bit weights and inputs) sums w times each input's high and low byte
+    # apart, so no sum reaches 2**30: acc = b + sum(w (x >> 8)) + (sum(w (x & 255)) >> 8),
+    # which is b + floor(W x / 256).
     n = q[_N_IN]
     lo = q[_LO]
     hi = q[_HI]
@@ -132,9 +137,20 @@ def _linear(x, w, q, y):
     n2 = n + n
     n3 = n2 + n
     acc = _ACC
+    wide = q[_WIDE]
     while o < end:
         j = _Q + 4 * o
-        if o + 3 < end:
+        if wide:
+            a0 = q[j] if bias else 0
+            a1 = 0
+            for xv in x:
+                wv = w[k]
+                a0 += wv * (xv >> 8)
+                a1 += wv * (xv & 255)
+                k += 1
+            acc[0] = a0 + (a1 >> 8)
+            rows = 1
+        elif o + 3 < end:
             a0 = a1 = a2 = a3 = -s
             if bias:
                 a0 += q[j]
@@ -669,7 +685,7 @@ def _weights(r, n_in, n_out, wsize, keep, what):
 
 
 def _check_layer_header(bad, n_in, n_in_expected, n_out, w_bits, flags, act, res, lo, hi,
-                        bound, sm, ss):
+                        bound, sm, ss, version):
     if n_in != n_in_expected:
         raise bad("n_in is %d, expected %d" % (n_in, n_in_expected))
     if n_out < 1:
@@ -683,10 +699,13 @@ def _check_layer_header(bad, n_in, n_in_expected, n_out, w_bits, flags, act, res
             raise bad("LeakyReLU slope %d / 2**%d is out of range" % (sm, ss))
     elif sm or ss:
         raise bad("slope fields are %d, %d without LeakyReLU, expected 0" % (sm, ss))
-    if flags & ~(_FLAG_BIAS | _FLAG_FOLDED):
+    if flags & ~(_FLAG_BIAS | _FLAG_FOLDED | _FLAG_WIDE):
         raise bad("unknown flags 0x%x" % flags)
-    if flags == _FLAG_FOLDED:
+    if flags & (_FLAG_BIAS | _FLAG_FOLDED) == _FLAG_FOLDED:
         raise bad("flag 0x2 (folded bias) is set without flag 0x1 (bias)")
+    if flags & _FLAG_WIDE and (version < 2 or w_bits != 16):
+        raise bad("flag 0x4 (wide) needs 16-bit weights and format version 2, got %d-bit "
+                  "weights in version %d" % (w_bits, version))
     if res[0] or res[1]:
         raise bad("reserved bytes are %d, %d, expected 0" % res)
     if lo > hi:
@@ -697,7 +716,7 @@ def _check_layer_header(bad, n_in, n_in_expected, n_out, w_bits, flags, act, res
         raise bad("accumulator bound %d is not below 2**30" % bound)
 
 
-def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx):
+def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx, version):
     # keep: bit 0 keeps 8-bit weights in RAM, bit 1 keeps 16-bit ones.
     # Every bound of the 2**30 proof is recomputed here from the weights, biases
     # and clamp ranges; the file's own accumulator bound is only cross-checked.
@@ -712,9 +731,10 @@ def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx):
         return ModelError("layer %d at offset %d: %s" % (index, at, msg))
 
     _check_layer_header(bad, n_in, n_in_expected, n_out, w_bits, flags, act, (r11, r39), lo,
-                        hi, bound, sm, ss)
+                        hi, bound, sm, ss, version)
     wsize = w_bits // 8
     has_bias = flags & _FLAG_BIAS
+    wide = 1 if flags & _FLAG_WIDE else 0
     expect = (
         _LAYER_HEADER_SIZE
         + ((n_in * n_out * wsize + 3) & ~3)
@@ -735,20 +755,27 @@ def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx):
     lr = (1 << (ss - 1)) if ss else 0
     lf = -((1 << 30) // sm - 1) if sm else 0
     for i, v in enumerate((n_in, n_out, lo, hi, has_bias, 0, n_out, 0, sx, zw, xsx, sm, ss, lr,
-                           lf)):
+                           lf, wide)):
         q[i] = v
     b_max = 0
     b = r.array("i", n_out, 4, "layer %d bias" % index) if has_bias else None
+    wide_sums = 0  # a wide layer's largest sum of the inputs' high or low bytes
     for c in range(n_out):
         bc = b[c] if b is not None else 0
         q[_Q + 4 * c] = bc
         bc = -bc if bc < 0 else bc
         b_max = max(b_max, bc)
-        need = bc + x_max * sums[c]
+        need = x_max * sums[c]
+        if wide:
+            need = (need + 255) >> 8
+            wide_sums = max(wide_sums, bc + sums[c] * ((x_max + 255) >> 8), sums[c] * 255)
+        need += bc
         if need > bound:
             raise bad("channel %d can reach %d, above the recorded accumulator bound %d"
                       % (c, need, bound))
     b = sums = None
+    if wide_sums >= _SMALL:
+        raise bad("a sum of the inputs' bytes can reach %d >= 2**30 (wide layer)" % wide_sums)
     # Offset-binary weights: a running sum is b + (some w x) - 128 (the other x),
     # so it stays within max|b| + 128 n max|x| (one product u x: 256 max|x|).
     run = b_max + zw * max(n_in, 2) * x_max
@@ -819,10 +846,9 @@ def _check_header(h, size):
         raise ModelError("offset 0: bad magic %r, expected %r" % (magic, _MAGIC))
     version, hsize, fsize, n_layers = struct.unpack("<HHIH", h[4:14])
     in_lo, in_hi, out_bits, reserved = struct.unpack("<iiII", h[20:28] + h[28:32] + h[36:40])
-    if version != _VERSION:
-        raise ModelError(
-            "offset 4: format version %d, this engine reads version %d" % (version, _VERSION)
-        )
+    if version < 1 or version > _VERSION:
+        raise ModelError("offset 4: format version %d, this engine reads versions 1 and 2"
+                         % version)
     if hsize != _HEADER_SIZE:
         raise ModelError("offset 6: header size %d, expected %d" % (hsize, _HEADER_SIZE))
     if size is not None and fsize != size:
@@ -838,7 +864,7 @@ def _check_header(h, size):
                          % out_bits)
     if reserved:
         raise ModelError("offset 36: reserved field is %d, expected 0" % reserved)
-    return fsize
+    return version
 
 
 def _read(f, kernel, keep):
@@ -846,7 +872,8 @@ def _read(f, kernel, keep):
     # weight offset (for streaming and zero-copy use).
     r = _Reader(f, _file_size(f))
     h = r.fill(bytearray(_HEADER_SIZE), "header")
-    fsize = _check_header(h, r.size)
+    version = _check_header(h, r.size)
+    fsize = struct.unpack("<I", h[8:12])[0]
     n_layers, n_inputs, n_outputs, width, in_lo, in_hi = struct.unpack("<HHHHii", h[12:28])
     out_bits = struct.unpack("<I", h[28:32])[0]
     table = _input_table(r, n_inputs, in_lo, in_hi)
@@ -859,7 +886,7 @@ def _read(f, kernel, keep):
     for i in range(n_layers):
         # viper sign-extends inputs only where they can be negative
         q, w, w_pos, wsize, relu, last_bits = _read_layer(
-            r, i, n_in, x_max, keep, sx, sx if x_lo < 0 else 0
+            r, i, n_in, x_max, keep, sx, sx if x_lo < 0 else 0, version
         )
         x_max = max(-q[_LO], q[_HI])
         x_lo = q[_LO]

@@ -6,7 +6,9 @@
 # word never wraps. Viper loads are unsigned: 8-bit weights are stored as
 # w + 128 (so sum(w x) = sum(u x) - 128 sum(x)), 16-bit ones are sign-extended
 # by xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[_SX] = 32;
-# q[_X_SX] = 32 too when the layer's inputs can be negative).
+# q[_X_SX] = 32 too when the layer's inputs can be negative). linear16 also runs
+# wide layers (16-bit weights times 16-bit inputs), whose sums it forms in the
+# inputs' two bytes as micromlp._linear does.
 import micropython
 from micropython import const
 
@@ -26,7 +28,8 @@ _SLOPE_M = const(11)
 _SLOPE_S = const(12)
 _SLOPE_RND = const(13)
 _SLOPE_FLOOR = const(14)
-_Q = const(15)
+_WIDE = const(15)
+_Q = const(16)
 
 
 @micropython.viper
@@ -107,6 +110,7 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
     lf = (q[_SLOPE_FLOOR] << sx) >> sx
     lo = (lo << sx) >> sx
     hi = (hi << sx) >> sx
+    wide = q[_WIDE]
     while o < end:
         j = _Q + 4 * o
         acc = 0
@@ -114,6 +118,16 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
             acc = (q[j] << sx) >> sx
         stop = k + n
         i = 0
+        if wide:  # b + sum(w (x >> 8)) + (sum(w (x & 255)) >> 8): no sum reaches 2**30
+            low = 0
+            while k < stop:
+                wv = (int(w[k]) ^ 0x8000) - 0x8000
+                xv = (x[i] << sx) >> sx
+                acc += wv * (xv >> 8)
+                low += wv * (xv & 255)
+                k += 1
+                i += 1
+            acc += low >> 8
         while k < stop:
             acc += ((int(w[k]) ^ 0x8000) - 0x8000) * ((x[i] << sx) >> sx)
             k += 1
@@ -166,9 +180,20 @@ def linear_native(x, w, q, y):
     n2 = n + n
     n3 = n2 + n
     acc = _ACC_N
+    wide = q[_WIDE]
     while o < end:
         j = _Q + 4 * o
-        if o + 3 < end:
+        if wide:
+            a0 = q[j] if bias else 0
+            a1 = 0
+            for xv in x:
+                wv = w[k]
+                a0 += wv * (xv >> 8)
+                a1 += wv * (xv & 255)
+                k += 1
+            acc[0] = a0 + (a1 >> 8)
+            rows = 1
+        elif o + 3 < end:
             a0 = a1 = a2 = a3 = -s
             if bias:
                 a0 += q[j]

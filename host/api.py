@@ -143,7 +143,7 @@ class Exported:
 def quant_options(weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
                   per_tensor: bool = False, input_range=None, input_bits: int | None = None,
                   calib_method: str = "minmax", bias_correction: str = "bias",
-                  equalize: str = "auto", input_tail: float = 5.0) -> QuantOptions:
+                  equalize: str = "auto", input_tail: float | None = None) -> QuantOptions:
     """QuantOptions from the CLI's option names, checked."""
     if input_bits is not None:
         if not 1 <= int(input_bits) <= 29:
@@ -159,19 +159,20 @@ def quant_options(weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
                              ("equalize", equalize, ("auto", "on", "off"))):
         if v not in allowed:
             raise ExportError(f"{name} must be one of {', '.join(allowed)}, got {v!r}")
-    if not 0 <= float(input_tail) <= 1000:
+    if input_tail is not None and not 0 <= float(input_tail) <= 1000:
         raise ExportError(f"input_tail must be 0..1000 standard deviations, got {input_tail}")
     return QuantOptions(weight_bits=weight_bits, act_bits=act_bits, out_bits=out_bits,
                         per_channel=not per_tensor, input_range=input_range,
                         calib_method=calib_method, bias_correction=bias_correction,
-                        equalize=equalize, input_sigmas=float(input_tail))
+                        equalize=equalize,
+                        input_sigmas=None if input_tail is None else float(input_tail))
 
 
 def export(model, calib=None, out: str | Path | None = "out", *, input_mean=None,
            input_std=None, input_range=None, input_bits: int | None = None,
            weight_bits: int = 8, act_bits: int = 8, out_bits: int = 16,
            per_tensor: bool = False, calib_method: str = "minmax",
-           bias_correction: str = "bias", equalize: str = "auto", input_tail: float = 5.0,
+           bias_correction: str = "bias", equalize: str = "auto", input_tail: float | None = None,
            module: str | None = None, module_args=None,
            arch=None, trust_pickle: bool = False, name: str = "model",
            mpy: bool = True, max_size_mb: float | None = None) -> Exported:
@@ -193,7 +194,7 @@ def export(model, calib=None, out: str | Path | None = "out", *, input_mean=None
 def finetune(model, x, y, calib=None, *, epochs: int = 20, lr: float = 1e-4,
              input_mean=None, input_std=None, weight_bits: int = 8, act_bits: int = 8,
              out_bits: int = 16, per_tensor: bool = False, calib_method: str = "minmax",
-             bias_correction: str = "bias", equalize: str = "auto", input_tail: float = 5.0,
+             bias_correction: str = "bias", equalize: str = "auto", input_tail: float | None = None,
              progress: bool = True):
     """Quantization-aware fine-tuning (host/qat.py): returns an nn.Sequential over raw
     inputs, trained through the exact grids the exporter chooses for it. Export it

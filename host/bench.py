@@ -146,7 +146,8 @@ def float_weights(model: QuantModel) -> bytes:
         out.append(np.array([layer.n_out, layer.n_in, flags], "<i4").tobytes())
         out.append(w.astype("<f4").tobytes())
         if layer.b is not None:
-            out.append((layer.b * s_x * layer.w_scale).astype("<f4").tobytes())
+            unit = 256 if layer.wide else 1  # a wide layer's bias counts in 256 products
+            out.append((layer.b * unit * s_x * layer.w_scale).astype("<f4").tobytes())
         s_x = float(layer.out_scale)
     return b"".join(out)
 

@@ -47,9 +47,12 @@ def c_source(model: QuantModel, xs: list[list[int]], runs: int) -> str:
         calls.append(
             f"  for (int o = 0; o < {ly.n_out}; o++) {{\n"
             f"    const {'int16_t' if ly.w_bits == 16 else 'int8_t'} *w = W{i} + o * {ly.n_in};\n"
-            f"    int32_t a = B{i}[o];\n"
-            f"    for (int j = 0; j < {ly.n_in}; j++) a += w[j] * x[j];\n"
-            f"    int64_t s = S{i}[o];\n"
+            + (f"    int64_t d = 0;\n"  # wide: b + floor(W x / 256)
+               f"    for (int j = 0; j < {ly.n_in}; j++) d += (int64_t)w[j] * x[j];\n"
+               f"    int32_t a = B{i}[o] + (int32_t)(d >> 8);\n" if ly.wide else
+               f"    int32_t a = B{i}[o];\n"
+               f"    for (int j = 0; j < {ly.n_in}; j++) a += w[j] * x[j];\n")
+            + f"    int64_t s = S{i}[o];\n"
             f"    int64_t v = ((int64_t)a * M{i}[o] + (s ? (1LL << (s - 1)) : 0)) >> s;\n"
             + (f"    if (v < 0) {{ if (v < {floor}) v = {floor}; "
                f"v = (v * {ly.slope_mult} + {rnd}) >> {ly.slope_shift}; }}\n" if leaky else "")

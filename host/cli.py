@@ -162,7 +162,7 @@ def do_inspect(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"{args.model}: micromlp format v{modelfile.VERSION}, "
+            f"{args.model}: micromlp format v{2 if any(ly.wide for ly in model.layers) else 1}, "
             f"{Path(args.model).stat().st_size} bytes, CRC ok"
         )
         print(layer_table(model))
@@ -482,11 +482,11 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--equalize", choices=("auto", "on", "off"), default="auto",
                    help="per-channel activation equalization; auto keeps it where it "
                    "lowers the error on the calibration data")
-    p.add_argument("--input-tail", type=float, default=5.0, metavar="SIGMAS",
+    p.add_argument("--input-tail", type=float, metavar="SIGMAS",
                    help="float inputs: a feature side whose calibration data has a tail "
                    "(past 2 standard deviations) reaches this many from the mean, so "
-                   "samples past a small calibration set's range do not clip (default 5; "
-                   "0: only the 10%% headroom)")
+                   "samples past a small calibration set's range do not clip (default 5 "
+                   "with 8-bit activations, 10 with 16-bit; 0: only the 10%% headroom)")
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:

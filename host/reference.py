@@ -12,6 +12,7 @@ from ..export.qmodel import (
     ACT_RELU,
     SMALL_INT,
     SPLIT_SHIFT,
+    WIDE_SHIFT,
     QuantModel,
     leaky_floor,
 )
@@ -41,6 +42,9 @@ def run(model: QuantModel, xq: np.ndarray, trace: bool = False) -> ReferenceResu
     hidden = []
     for i, layer in enumerate(model.layers):
         acc = x @ layer.w.astype(np.int64).T
+        if layer.wide:  # b + floor(W x / 256) (>> floors), as the sums of bytes give it
+            _check_wide_sums(i, layer, x)
+            acc = acc >> WIDE_SHIFT
         if layer.b is not None:
             acc = acc + layer.b.astype(np.int64)
         if layer.w_bits == 8:
@@ -92,6 +96,21 @@ def _check_running_sums(index: int, layer, x: np.ndarray) -> None:
         peak = int(np.abs(run).max(initial=0))
         if peak >= SMALL_INT:
             raise BoundViolation(f"layer {index}: a running sum reached {peak} >= 2**30")
+
+
+def _check_wide_sums(index: int, layer, x: np.ndarray) -> None:
+    """Replay a wide layer's two sums of the inputs' bytes, b + w (x >> 8) and
+    w (x & 255), term by term: none may reach 2**30."""
+    w = layer.w.astype(np.int64)
+    b = layer.b.astype(np.int64) if layer.b is not None else np.zeros(layer.n_out, np.int64)
+    step = max(1, (1 << 22) // max(1, layer.n_out * layer.n_in))
+    for start in range(0, len(x), step):
+        xs = x[start : start + step]
+        for part, base in ((xs >> WIDE_SHIFT, b), (xs & 255, np.zeros_like(b))):
+            run = base[None, :, None] + np.cumsum(w[None, :, :] * part[:, None, :], axis=2)
+            peak = int(np.abs(run).max(initial=0))
+            if peak >= SMALL_INT:
+                raise BoundViolation(f"layer {index}: a sum of bytes reached {peak} >= 2**30")
 
 
 def predict(model: QuantModel, xq: np.ndarray) -> np.ndarray:

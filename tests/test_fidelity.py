@@ -344,3 +344,25 @@ def test_qat_recovers_what_post_training_int8_loses(outlier):
     q = micromlp.export(ft, calib=xtr, out=None, **hard)
     qat_acc = float((q.run(xte).predicted == yte).mean())
     assert qat_acc >= ptq_acc + 0.01 and qat_acc >= float_acc - 0.005, (ptq_acc, qat_acc)
+
+
+def test_16_bit_weights_and_activations_take_full_grids_in_wide_layers(tmp_path):
+    from micromlp.host import peers, study
+
+    # the study's digits model: inputs 0..16 keep the first layer plain, the rest are wide
+    name, m, xtr, _, xte, _, kw, _ = next(c for c in study.cases() if c[0] == "digits")
+    q = micromlp.export(m, calib=xtr, out=tmp_path, weight_bits=16, act_bits=16, **kw)
+    first, hidden, last = q.model.layers
+    assert not first.wide and hidden.wide and last.wide
+    assert (first.lo, first.hi) == (0, 65535) and int(np.abs(hidden.w).max()) == 32767
+    assert (tmp_path / "model.mlp").read_bytes()[4] == 2  # format version 2
+    assert q.verify(xte, vms=("unix", "wasm")).bit_exact
+    yf = study._float(m, xte, kw)
+    mine = np.abs(q.run(xte).floats - yf).mean()
+    theirs = min(np.abs(y - yf).mean() for y in peers.onnxruntime_outputs(
+        m, xtr, xte, kw, bits=16).values())
+    assert mine < theirs, (mine, theirs)  # onnxruntime's int16 QDQ, emulated in float
+    # 8-bit weights stay plain, in a version 1 file
+    q8 = micromlp.export(m, calib=xtr, out=tmp_path / "a16", act_bits=16, **kw)
+    assert not any(ly.wide for ly in q8.model.layers)
+    assert (tmp_path / "a16" / "model.mlp").read_bytes()[4] == 1

@@ -52,8 +52,8 @@ def test_roundtrip_is_identical(small):
 CASES = {
     "magic": (lambda d: b"XMLP" + d[4:], "offset 0: bad magic b'XMLP', expected b'MMLP'"),
     "version": (
-        lambda d: with_crc(d[:4] + struct.pack("<H", 2) + d[6:-4]),
-        "offset 4: format version 2, this engine reads version 1",
+        lambda d: with_crc(d[:4] + struct.pack("<H", 3) + d[6:-4]),
+        "offset 4: format version 3, this engine reads versions 1 and 2",
     ),
     "truncated header": (lambda d: d[:20], "truncated at offset 0: header needs 40 bytes, got 20"),
     "no crc": (lambda d: d[:-4], "offset 8: size field is 276, the file has 272 bytes"),
@@ -127,3 +127,45 @@ def test_host_load_names_the_file(tmp_path, small):
         modelfile.load(p)
     with pytest.raises(modelfile.ModelFileError, match="cannot read"):
         modelfile.load(tmp_path / "missing.mlp")
+
+
+def _one_layer(w, b, in_hi, wide, mult=10000, shift=40):
+    """A one-layer model written by hand (no exporter), for the loaders' wide checks."""
+    from micromlp.export.qmodel import QuantLayer, QuantModel
+
+    n_out, n_in = w.shape
+    bound = int(modelfile.accumulator_bound(w, b, in_hi, wide))
+    layer = QuantLayer(w=w.astype(np.int16), b=b, mult=np.full(n_out, mult, np.int32),
+                       shift=np.full(n_out, shift, np.uint8), lo=-30000, hi=30000, act=0,
+                       acc_bound=bound, in_scale=1.0, out_scale=1.0,
+                       w_scale=np.ones(n_out, np.float32), w_bits=16, wide=wide)
+    return QuantModel([layer], np.ones(n_in, np.float32), np.zeros(n_in, np.int32), 0, in_hi)
+
+
+def test_wide_layers_need_version_2_and_16_bit_weights():
+    w = np.full((2, 4), 30000)
+    data = modelfile.to_bytes(_one_layer(w, None, 60000, True))
+    assert data[4:6] == struct.pack("<H", 2)  # a wide layer makes the file version 2
+    assert modelfile.to_bytes(_one_layer(w, None, 1000, False))[4:6] == struct.pack("<H", 1)
+    assert modelfile.from_bytes(data).layers[0].wide
+    assert engine.load(io.BytesIO(data)).layers[0].q[15] == 1  # the _WIDE slot
+    v1 = with_crc(data[:4] + struct.pack("<H", 1) + data[6:-4])
+    msg = host_error(v1)
+    assert msg == ("layer 0 at offset 72: flag 0x4 (wide) needs 16-bit weights and format "
+                   "version 2, got 16-bit weights in version 1")
+    assert msg == firmware_error(v1)
+
+
+def test_wide_sums_past_2_pow_30_are_refused_on_host_and_board():
+    # small inputs keep the accumulator (b + floor(W x / 256)) far below 2**30, but the
+    # low bytes' sum, 255 * sum|w|, reaches it: 200 weights of 30000
+    w = np.full((1, 200), 30000)
+    data = modelfile.to_bytes(_one_layer(w, None, 100, True))
+    msg = host_error(data)
+    assert msg == ("layer 0 at offset 1640: a sum of the inputs' bytes can reach 1530000000 "
+                   ">= 2**30 (wide layer)")
+    assert msg == firmware_error(data)
+    # the same weights in a plain layer are fine (100 * 6,000,000 < 2**30)
+    plain = modelfile.to_bytes(_one_layer(w, None, 100, False, mult=1, shift=0))
+    assert modelfile.from_bytes(plain).layers[0].acc_bound == 600_000_000
+    assert engine.load(io.BytesIO(plain)).n_outputs == 1
