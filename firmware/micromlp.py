@@ -237,92 +237,18 @@ def _argmax(y, b):
     return best
 
 
-def _quantize(fb, xq, tb, b):
-    # micromlp_viper.quantize in bytecode: the float32 bits as 16-bit halves (fb: the
-    # floats, tb: the input table), so every value stays a small int. Returns 0, or
-    # i + 1 for the first input i that is NaN.
-    n = b[0]
-    lo = b[1]
-    hi = b[2]
-    for i in range(n):
-        h = fb[2 * i + 1]
-        e = (h >> 7) & 0xFF
-        m = ((h & 0x7F) << 16) | fb[2 * i]
-        neg = h >> 15
-        j = 2 * (n + i)
-        z = ((tb[j + 1] ^ 0x8000) - 0x8000) * 65536 + tb[j]
-        q = z
-        if e == 0xFF:
-            if m:
-                return i + 1
-            q = lo if neg else hi
-        elif e or m:
-            if e:
-                m |= 0x800000
-            else:  # a denormal: normalize
-                e = 1
-                while m < 0x800000:
-                    m <<= 1
-                    e -= 1
-            h = tb[2 * i + 1]
-            se = (h >> 7) & 0xFF
-            sm = ((h & 0x7F) << 16) | tb[2 * i]
-            if se:
-                sm |= 0x800000
-            else:
-                se = 1
-                while sm < 0x800000:
-                    sm <<= 1
-                    se -= 1
-            d = e - se  # x / s = (m / sm) * 2**d, m / sm in (1/2, 2)
-            if d >= 31:
-                q = lo if neg else hi
-            elif d >= -1:
-                # long division of m * 2**(d + 1) by 2 sm, stopped once past the edge
-                t = (z - lo) if neg else (hi - z)
-                dv = sm << 1
-                a = 0
-                r = m
-                k = d + 1
-                while k > 0 and a <= t:
-                    r <<= 1
-                    a <<= 1
-                    if r >= dv:
-                        r -= dv
-                        a += 1
-                    k -= 1
-                if a > t:
-                    q = lo if neg else hi
-                elif neg:
-                    q = z - a - (1 if r > sm else 0)
-                else:
-                    q = z + a + (1 if r >= sm else 0)
-        if q < lo:
-            q = lo
-        elif q > hi:
-            q = hi
-        xq[i] = q
-    return 0
+_FLOAT = None  # micromlp_float, once imported
 
 
-def _halves(buf):
-    # a view of buf's bytes as little-endian uint16s, made once (no allocation after)
-    try:
-        import uctypes
-
-        n = len(buf) * (4 if isinstance(buf, array) else 1) // 2
-        layout = {"h": (uctypes.ARRAY | 0, uctypes.UINT16 | n)}
-        return uctypes.struct(uctypes.addressof(buf), layout, uctypes.LITTLE_ENDIAN).h
-    except ImportError:  # CPython
-        return memoryview(buf).cast("B").cast("H")
-
-
-def _fcopy(values, fin, n):
-    # values (a list of floats, or any sequence) into the float32 buffer
-    i = n
-    while i:
-        i -= 1
-        fin[i] = values[i]
+def _float():
+    global _FLOAT
+    if _FLOAT is None:
+        try:
+            import micromlp_float as f
+        except ImportError:  # CPython, as the package module micromlp.firmware.micromlp
+            from . import micromlp_float as f
+        _FLOAT = f
+    return _FLOAT
 
 
 KERNELS = ("viper", "native", "portable")
@@ -387,6 +313,7 @@ class Net:
         self.y = layers[-1].y  # the last layer's outputs (predict reads them in place)
         # what run() needs, gathered once: the input clamp, each layer's kernel
         # call, and the copy of the result
+        self.fast = fast  # micromlp_viper where this net runs on viper, else None
         self.prep = fast.prep if fast else _prep
         self.copy = fast.copy if fast else _copy
         self.argmax = fast.argmax if fast else _argmax
@@ -508,40 +435,19 @@ class Net:
         # the file's input table (n float32 scales, n int32 zero points), for quantize
         self.in_table = table
 
+    # The float API lives in micromlp_float.py, imported on first use: a model fed
+    # ints never holds it in RAM.
     @property
     def inputs(self):
         """The engine's own float32 inputs (an array('f')): fill it, then quantize it."""
-        if self._fin is None:
-            self._fin = array("f", bytes(4 * self.n_inputs))
-            if self.prep is _prep:  # no viper: read the float bits as 16-bit halves
-                self.fb = _halves(self._fin)
-                self.tb = _halves(self.in_table)
-        return self._fin
+        return _float().inputs(self)
 
     def quantize(self, values, xq=None):
         """Floats (a list, or net.inputs: an array('f')) -> the input ints, into xq (an
         array('i'); default the engine's own); exactly the host's quantize_input:
         clamp(floor(x / scale + 1/2) + zero) on the exact rational, ties up, +-inf
         clamped, NaN refused. Allocates nothing for a list or net.inputs."""
-        if len(values) != self.n_inputs:
-            raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(values)))
-        fin = self.inputs
-        if values is not fin:  # as float32, in the engine's own buffer
-            _fcopy(values, fin, self.n_inputs)
-        if xq is None:
-            xq = self.x
-        bad = self._quantize(xq)
-        if bad:
-            raise ValueError("input %d is NaN: no integer stands for it" % (bad - 1))
-        return xq
-
-    def _quantize(self, xq):
-        if self.fb is None:
-            return _fast.quantize(self._fin, xq, self.in_table, self.bounds)
-        _lock()
-        bad = _quantize(self.fb, xq, self.tb, self.bounds)
-        _unlock()
-        return bad
+        return _float().quantize(self, values, xq)
 
     def predict_float(self, values):
         """Index of the largest output for float inputs (quantize, then predict)."""
@@ -550,32 +456,12 @@ class Net:
     def dequantize(self, out, buf=None):
         """Output ints as floats, into buf (an array('f') or a list; default a new
         list). A float is a heap object on most ports: this allocates there."""
-        if buf is None:
-            buf = [0.0] * len(out)
-        s = self.out_scale
-        for i in range(len(out)):
-            buf[i] = out[i] * s
-        return buf
+        return _float().dequantize(self, out, buf)
 
     def probabilities(self, out, buf=None):
         """The softmax of the dequantized outputs (one output: its sigmoid), into buf.
         Allocates floats where they are heap objects."""
-        from math import exp
-
-        buf = self.dequantize(out, buf)
-        n = len(out)
-        if n == 1:
-            buf[0] = 1 / (1 + exp(-buf[0]))
-            return buf
-        top = max(buf)
-        t = 0.0
-        for i in range(n):
-            v = exp(buf[i] - top)
-            buf[i] = v
-            t += v
-        for i in range(n):
-            buf[i] = buf[i] / t
-        return buf
+        return _float().probabilities(self, out, buf)
 
     def close(self):
         """Close the model file of a streaming net."""

@@ -346,13 +346,13 @@ def engine_files(p: Plan) -> dict[str, bytes]:
             files[f.name] = minify(f.read_text()).encode()
         return files
     files = {}
-    parts = [src] + ([src.with_name("micromlp_viper.py")] if p.viper else [])
+    parts = [f for f in vms.firmware_files() if p.viper or f.stem != "micromlp_viper"]
     for part in parts:
-        if p.engine_format == "mpy" and part.name == "micromlp.py":
+        if p.engine_format == "mpy" and part.stem != "micromlp_viper":
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "m.mpy"
                 mpy_cross(part, out)
-                files["micromlp.mpy"] = out.read_bytes()
+                files[part.stem + ".mpy"] = out.read_bytes()
         else:  # viper machine code is per architecture: send source, compiled on the board
             files[part.name] = part.read_bytes()
     return files
@@ -535,7 +535,7 @@ def deploy(
         # the previous engine's files go only once the new ones are all on the board (a
         # failed copy leaves a working engine); a stale .py would shadow a new .mpy
         engine = vms.firmware_files() + vms.tiny_loader_files()
-        stale = ({"micromlp.mpy"} | {f.name for f in engine}) - set(files)
+        stale = ({f.stem + ".mpy" for f in engine} | {f.name for f in engine}) - set(files)
         _exec(
             t,
             "import os\nfor n in " + repr(sorted(stale))

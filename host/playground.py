@@ -44,7 +44,9 @@ def build(model_path: str | Path, out_dir: str | Path, vectors: int = 8) -> Path
     pkg = webassembly.package_dir()
     for name in ("micropython.mjs", "micropython.wasm"):
         shutil.copy(pkg / name, out / name)
-    shutil.copy(vms.engine_source(), out / "micromlp.py")
+    for f in vms.firmware_files():  # viper is not compiled on WebAssembly: left out
+        if f.stem != "micromlp_viper":
+            shutil.copy(f, out / f.name)
     shutil.copy(model_path, out / "model.mlp")
     side = math.isqrt(model.n_inputs)
     data = {
@@ -124,7 +126,7 @@ document.getElementById("model").textContent =
 let lines = [];
 const mp = await loadMicroPython({ heapsize: 4 * 1024 * 1024, linebuffer: true,
                                    stdout: (l) => lines.push(l) });
-for (const f of ["micromlp.py", "model.mlp"]) {
+for (const f of ["micromlp.py", "micromlp_float.py", "model.mlp"]) {
   mp.FS.writeFile(f, new Uint8Array(await (await fetch(f)).arrayBuffer()));
 }
 function py(code) {  // run code; the lines it printed

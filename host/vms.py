@@ -41,9 +41,10 @@ def tiny_loader_files() -> list[Path]:
 
 
 def firmware_files() -> list[Path]:
-    """The files that go on a board: the engine and its viper/native kernels."""
+    """The files that go on a board: the engine, its viper/native kernels, and its float
+    API (imported on first use)."""
     src = engine_source()
-    return [src, src.with_name("micromlp_viper.py")]
+    return [src, src.with_name("micromlp_viper.py"), src.with_name("micromlp_float.py")]
 
 
 # How every driver starts on the VM: the engine's folder on the path, and the
@@ -101,8 +102,8 @@ def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False) -> None
     for f in firmware_files():
         if not mpy:
             shutil.copy(f, workdir / f.name)
-        elif f.stem == "micromlp":
-            mpy_cross(f, workdir / "micromlp.mpy")
+        elif f.stem != "micromlp_viper":  # bytecode: one .mpy for every port
+            mpy_cross(f, workdir / (f.stem + ".mpy"))
         elif platform.machine() in ("x86_64", "AMD64"):
             mpy_cross(f, workdir / (f.stem + ".mpy"), ["-march=x64"])
         else:

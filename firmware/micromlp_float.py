@@ -1,0 +1,166 @@
+# micromlp_float: the float API of micromlp.py (net.inputs, net.quantize,
+# net.dequantize, net.probabilities), imported on first use, so a model fed ints
+# never holds it in RAM. Same rules as micromlp.py: MicroPython 1.9-era syntax, and
+# quantize in integer arithmetic on the float32 bits (exactly the host's
+# quantize_input: no float rounding anywhere).
+
+from array import array
+
+try:
+    # quantize runs with the heap locked, as inference does (see micromlp.py)
+    from micropython import heap_lock as _lock
+    from micropython import heap_unlock as _unlock
+except ImportError:
+
+    def _lock():
+        pass
+
+    _unlock = _lock
+
+
+def inputs(net):
+    # net.inputs: the engine's own float32 inputs, made on first use
+    if net._fin is None:
+        net._fin = array("f", bytes(4 * net.n_inputs))
+        if net.fast is None:  # no viper: read the float bits as 16-bit halves
+            net.fb = _halves(net._fin)
+            net.tb = _halves(net.in_table)
+    return net._fin
+
+
+def quantize(net, values, xq):
+    # net.quantize (its docstring says what)
+    if len(values) != net.n_inputs:
+        raise ValueError("expected %d inputs, got %d" % (net.n_inputs, len(values)))
+    fin = inputs(net)
+    if values is not fin:  # as float32, in the engine's own buffer
+        _fcopy(values, fin, net.n_inputs)
+    if xq is None:
+        xq = net.x
+    if net.fb is None:
+        bad = net.fast.quantize(fin, xq, net.in_table, net.bounds)
+    else:
+        _lock()
+        bad = _quantize(net.fb, xq, net.tb, net.bounds)
+        _unlock()
+    if bad:
+        raise ValueError("input %d is NaN: no integer stands for it" % (bad - 1))
+    return xq
+
+
+def dequantize(net, out, buf):
+    # net.dequantize
+    if buf is None:
+        buf = [0.0] * len(out)
+    s = net.out_scale
+    for i in range(len(out)):
+        buf[i] = out[i] * s
+    return buf
+
+
+def probabilities(net, out, buf):
+    # net.probabilities: softmax (one output: sigmoid) of the dequantized outputs
+    from math import exp
+
+    buf = dequantize(net, out, buf)
+    n = len(out)
+    if n == 1:
+        buf[0] = 1 / (1 + exp(-buf[0]))
+        return buf
+    top = max(buf)
+    t = 0.0
+    for i in range(n):
+        v = exp(buf[i] - top)
+        buf[i] = v
+        t += v
+    for i in range(n):
+        buf[i] = buf[i] / t
+    return buf
+
+
+def _quantize(fb, xq, tb, b):
+    # micromlp_viper.quantize in bytecode: the float32 bits as 16-bit halves (fb: the
+    # floats, tb: the input table), so every value stays a small int. Returns 0, or
+    # i + 1 for the first input i that is NaN.
+    n = b[0]
+    lo = b[1]
+    hi = b[2]
+    for i in range(n):
+        h = fb[2 * i + 1]
+        e = (h >> 7) & 0xFF
+        m = ((h & 0x7F) << 16) | fb[2 * i]
+        neg = h >> 15
+        j = 2 * (n + i)
+        z = ((tb[j + 1] ^ 0x8000) - 0x8000) * 65536 + tb[j]
+        q = z
+        if e == 0xFF:
+            if m:
+                return i + 1
+            q = lo if neg else hi
+        elif e or m:
+            if e:
+                m |= 0x800000
+            else:  # a denormal: normalize
+                e = 1
+                while m < 0x800000:
+                    m <<= 1
+                    e -= 1
+            h = tb[2 * i + 1]
+            se = (h >> 7) & 0xFF
+            sm = ((h & 0x7F) << 16) | tb[2 * i]
+            if se:
+                sm |= 0x800000
+            else:
+                se = 1
+                while sm < 0x800000:
+                    sm <<= 1
+                    se -= 1
+            d = e - se  # x / s = (m / sm) * 2**d, m / sm in (1/2, 2)
+            if d >= 31:
+                q = lo if neg else hi
+            elif d >= -1:
+                # long division of m * 2**(d + 1) by 2 sm, stopped once past the edge
+                t = (z - lo) if neg else (hi - z)
+                dv = sm << 1
+                a = 0
+                r = m
+                k = d + 1
+                while k > 0 and a <= t:
+                    r <<= 1
+                    a <<= 1
+                    if r >= dv:
+                        r -= dv
+                        a += 1
+                    k -= 1
+                if a > t:
+                    q = lo if neg else hi
+                elif neg:
+                    q = z - a - (1 if r > sm else 0)
+                else:
+                    q = z + a + (1 if r >= sm else 0)
+        if q < lo:
+            q = lo
+        elif q > hi:
+            q = hi
+        xq[i] = q
+    return 0
+
+
+def _halves(buf):
+    # a view of buf's bytes as little-endian uint16s, made once (no allocation after)
+    try:
+        import uctypes
+
+        n = len(buf) * (4 if isinstance(buf, array) else 1) // 2
+        layout = {"h": (uctypes.ARRAY | 0, uctypes.UINT16 | n)}
+        return uctypes.struct(uctypes.addressof(buf), layout, uctypes.LITTLE_ENDIAN).h
+    except ImportError:  # CPython
+        return memoryview(buf).cast("B").cast("H")
+
+
+def _fcopy(values, fin, n):
+    # values (a list of floats, or any sequence) into the float32 buffer
+    i = n
+    while i:
+        i -= 1
+        fin[i] = values[i]
