@@ -123,7 +123,9 @@ def quantize_inputs(
     """Per-feature input quantization from calibration data x [n, n_in].
 
     Integer-valued data that fits the range is kept exact (scale 1, zero 0).
-    Otherwise each feature's [min, max] maps onto [0, qmax] (default 2**bits - 1).
+    Otherwise each feature's [min, max], widened (headroom, tails), maps onto [0, qmax]
+    (default 2**bits - 1), with a step that divides the data's decimal lattice where
+    it has one.
     Returns scale, zero, lo, hi and the per-feature |rounding error| in int units.
     """
     x = np.asarray(x, dtype=np.float64)
@@ -135,12 +137,11 @@ def quantize_inputs(
         lo, hi = int(min(lo_f.min(), 0)), int(max(hi_f.max(), 0))
         return np.ones(n_in), np.zeros(n_in, dtype=np.int64), lo, hi, np.zeros(n_in)
     # Headroom: data past the calibration range (a test sample, a new sensor) would
-    # clip at the grid's edge; widen each feature's range by a fraction of its span,
-    # but not across zero for a feature that never went below it.
-    # Room past the calibrated range: a fraction of the span; and a side where the data
-    # has a tail (reaching past TAIL_START standard deviations from the mean; a
+    # clip at the grid's edge. Each feature's range widens by a fraction of its span,
+    # but not across zero for a feature that never went below it; and a side where the
+    # data has a tail (reaching past TAIL_START standard deviations from the mean; a
     # uniform feature stops at 1.73) reaches `sigmas` of them: a small calibration set
-    # understates a tail, and a sample past the range clips.
+    # understates a tail.
     room = headroom * (hi_f - lo_f)
     mu, sd = x.mean(axis=0), x.std(axis=0)
     new_lo, new_hi = lo_f - room, hi_f + room
@@ -179,9 +180,10 @@ _LATTICES = [b * 10.0**-k for k in range(5) for b in (1.0, 0.5, 0.25, 0.2)]
 def _lattice_step(col: np.ndarray) -> float | None:
     """The coarsest decimal step every value of col is a multiple of (to 1e-6 of a
     step), or None."""
+    head = col[:1000]  # most columns fail every step on their first rows: try those first
     for d in _LATTICES:
-        r = col / d
-        if np.all(np.abs(r - np.round(r)) < 1e-6) and np.abs(r).max() < SMALL_INT:
+        if all(np.all(np.abs(c / d - np.round(c / d)) < 1e-6) and np.abs(c / d).max()
+               < SMALL_INT for c in (head, col)):
             return d
     return None
 
