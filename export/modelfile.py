@@ -1,6 +1,6 @@
 """Write and read model files (.mlp), format versions 1 and 2 (docs/format.md).
 
-The reader is the host twin of the loader in firmware/micromlp.py: it checks
+The reader is the host twin of the loader in firmware/micromlp_load.py: it checks
 the same things in the same order and raises the same messages, so a bad file
 gets one diagnosis on the PC and on the board.
 """

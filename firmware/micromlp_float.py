@@ -7,7 +7,7 @@
 from array import array
 
 try:
-    # quantize runs with the heap locked, as inference does (see micromlp.py)
+    # quantize runs with the heap locked, as inference does (see micromlp_net.py)
     from micropython import heap_lock as _lock
     from micropython import heap_unlock as _unlock
 except ImportError:

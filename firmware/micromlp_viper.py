@@ -1,18 +1,18 @@
-# Fast kernels for micromlp.py on ports with the native and viper emitters.
+# Fast kernels for micromlp_net.py on ports with the native and viper emitters.
 #
-# Same contract as micromlp._linear (the portable kernel): rows q[_ROW0]..q[_ROW_END]-1 of
-# y = clamp(round((W x + b) * mult / 2**shift)); layout of q in micromlp.py.
+# Same contract as micromlp_net._linear (the portable kernel): rows q[_ROW0]..q[_ROW_END]-1 of
+# y = clamp(round((W x + b) * mult / 2**shift)); layout of q in micromlp_net.py.
 # Every value stays below 2**30 (the exporter proves it), so a viper machine
 # word never wraps. Viper loads are unsigned: 8-bit weights are stored as
 # w + 128 (so sum(w x) = sum(u x) - 128 sum(x)), 16-bit ones are sign-extended
 # by xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[_SX] = 32;
 # q[_X_SX] = 32 too when the layer's inputs can be negative). linear16 also runs
 # wide layers (16-bit weights times 16-bit inputs), whose sums it forms in the
-# inputs' two bytes as micromlp._linear does.
+# inputs' two bytes as micromlp_net._linear does.
 import micropython
 from micropython import const
 
-# The slots of a layer's parameter array q (micromlp.py describes them)
+# The slots of a layer's parameter array q (micromlp_net.py describes them)
 _N_IN = const(0)
 _N_OUT = const(1)
 _LO = const(2)
@@ -77,7 +77,7 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
         sh = q[j + 3]
         if sh < 15:
             acc = (acc * m + r) >> sh
-        else:  # split at bit 15 so no product reaches 2**30 (see micromlp._linear)
+        else:  # split at bit 15 so no product reaches 2**30 (see micromlp_net._linear)
             lo15 = 0
             if sh == 15:
                 lo15 = 16384
@@ -137,7 +137,7 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
         sh = q[j + 3]
         if sh < 15:
             acc = (acc * m + r) >> sh
-        else:  # split at bit 15 so no product reaches 2**30 (see micromlp._linear)
+        else:  # split at bit 15 so no product reaches 2**30 (see micromlp_net._linear)
             lo15 = 0
             if sh == 15:
                 lo15 = 16384
@@ -159,7 +159,7 @@ _ACC_N = [0, 0, 0, 0]  # linear_native's accumulators
 
 @micropython.native
 def linear_native(x, w, q, y):
-    # micromlp._linear, line for line, compiled to machine code (about 1.8x
+    # micromlp_net._linear, line for line, compiled to machine code (about 1.8x
     # faster); tests/test_kernels.py checks that the two stay identical.
     n = q[_N_IN]
     lo = q[_LO]
@@ -518,7 +518,7 @@ def net8() -> int:
                 sh = q[j + 3]
                 if sh < 15:
                     acc = (acc * m + r) >> sh
-                else:  # split at bit 15 so no product reaches 2**30 (see micromlp._linear)
+                else:  # split at bit 15 so no product reaches 2**30 (see micromlp_net._linear)
                     lo15 = 0
                     if sh == 15:
                         lo15 = 16384

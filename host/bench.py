@@ -82,6 +82,8 @@ class BenchReport:
     zero_inputs: float = 0.0  # fraction of input values that are 0
     runs: list[KernelRun] = field(default_factory=list)
     min_heap_unix: dict[str, int] = field(default_factory=dict)  # smallest -X heapsize
+    # heap in use once the model is loaded and has run (gc.mem_alloc, same forms)
+    resident_unix: dict[str, int] = field(default_factory=dict)
     c_us: float | None = None  # the C kernel (host/ckernel.py): median µs per inference
     c_us_min: float | None = None
     c_us_max: float | None = None
@@ -382,11 +384,27 @@ def _heap_ok(workdir: Path, form: str, heap: int, check: str) -> bool:
 MONOTONE_WINDOW = 4096  # min_heap checks every 256-byte step this far above its answer
 
 
-def min_heap(model_path: Path, model: QuantModel, form: str) -> int:
+_RESIDENT = "import gc\ngc.collect()\nstart = gc.mem_alloc()\n{load}{check}" \
+    "gc.collect()\nprint(gc.mem_alloc() - start)\n"
+
+
+def _resident(workdir: Path, form: str, check: str) -> int:
+    """Bytes of heap in use after the load and one run (a heap far larger than needed)."""
+    (workdir / "r.py").write_text(_RESIDENT.format(load=_HEAP[form], check=check))
+    proc = subprocess.run([vms.unix_exe(), "-X", "heapsize=4M", "r.py"], cwd=workdir,
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stdout.split()
+    if proc.returncode or lines[:1] != ["True"]:
+        raise vms.VMError(f"{form}: {(proc.stderr or proc.stdout).strip()[-300:]}")
+    return int(lines[1])
+
+
+def min_heap(model_path: Path, model: QuantModel, form: str) -> tuple[int, int]:
     """Smallest `micropython -X heapsize` (bytes, 256-byte steps) from which every
     larger size (checked up to MONOTONE_WINDOW above) loads and runs the model
     correctly in this form, with the engine as .mpy and the portable kernel (forms
-    "tiny*": the cut-down engine, as .mpy)."""
+    "tiny*": the cut-down engine, as .mpy); and the heap in use after that load and
+    run (what is left for the rest of a program, in a large heap)."""
     from . import reference
 
     x = _inputs(model, 1)[0]
@@ -394,18 +412,21 @@ def min_heap(model_path: Path, model: QuantModel, form: str) -> int:
     check = _HEAP_RUN.format(x=", ".join(map(str, x)), expect=expect)
     with tempfile.TemporaryDirectory(prefix="micromlp-heap-") as tmp:
         tmp = Path(tmp)
-        engine = vms.engine_source()
         if form.startswith("tiny"):
-            engine = engine.with_name("micromlp_tiny.py")
+            mpy_cross(vms.engine_source().with_name("micromlp_tiny.py"), tmp / "micromlp.mpy")
             for f in vms.tiny_loader_files():  # run as source by the engine
                 shutil.copy(f, tmp / f.name)
-        mpy_cross(engine, tmp / "micromlp.mpy")
+        else:  # the engine's bytecode modules (the portable kernel: no viper here)
+            for f in vms.firmware_files():
+                if f.stem != "micromlp_viper":
+                    mpy_cross(f, tmp / (f.stem + ".mpy"))
         shutil.copy(model_path, tmp / "model.mlp")
         if form in ("py", "mpy", "tiny-mpy"):
             (tmp / "model_mlp.py").write_text(module_source(model_path.read_bytes()))
             if form.endswith("mpy"):
                 mpy_cross(tmp / "model_mlp.py", tmp / "model_mlp.mpy")
                 (tmp / "model_mlp.py").unlink()
+        resident = _resident(tmp, form, check)
         lo, hi = 1024, 1 << 16
         while not _heap_ok(tmp, form, hi, check):
             lo, hi = hi, hi * 2
@@ -424,7 +445,7 @@ def min_heap(model_path: Path, model: QuantModel, form: str) -> int:
             fails = [h for h in range(hi + 256, hi + MONOTONE_WINDOW + 1, 256)
                      if not _heap_ok(tmp, form, h, check)]
             if not fails:
-                return hi
+                return hi, resident
             hi = max(fails) + 256
             while not _heap_ok(tmp, form, hi, check):
                 hi += 256
@@ -437,10 +458,14 @@ def file_sizes(model_path: Path) -> dict[str, int]:
         tmp = Path(tmp)
         (tmp / "model_mlp.py").write_text(module_source(model_path.read_bytes()))
         mpy_cross(tmp / "model_mlp.py", tmp / "model_mlp.mpy")
-        mpy_cross(vms.engine_source(), tmp / "micromlp.mpy")
-        for name in ("model_mlp.py", "model_mlp.mpy", "micromlp.mpy"):
+        for name in ("model_mlp.py", "model_mlp.mpy"):
             sizes[name] = (tmp / name).stat().st_size
-    sizes["micromlp.py"] = vms.engine_source().stat().st_size
+        engine = [f for f in vms.firmware_files() if f.stem != "micromlp_viper"]
+        for f in engine:
+            mpy_cross(f, tmp / (f.stem + ".mpy"))
+        sizes["engine .mpy (4 files)"] = sum((tmp / (f.stem + ".mpy")).stat().st_size
+                                             for f in engine)
+    sizes["engine .py"] = sum(f.stat().st_size for f in engine)
     return sizes
 
 
@@ -493,7 +518,7 @@ def bench(
         elif what == "wasm":
             rep.runs.append(_wasm_fuel(model_path, model, kind, stream, macs, xs))
         else:
-            rep.min_heap_unix[kind] = min_heap(model_path, model, kind)
+            rep.min_heap_unix[kind], rep.resident_unix[kind] = min_heap(model_path, model, kind)
     return rep
 
 
@@ -546,6 +571,7 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
     title = f"model {rep.layers} ({rep.macs} multiply-adds): {rep.model}"
     files = ", ".join(f"{k} {v} B" for k, v in rep.files.items())
     heap = ", ".join(f"{k} {v} B" for k, v in rep.min_heap_unix.items())
+    resident = ", ".join(f"{k} {v} B" for k, v in rep.resident_unix.items())
     notes = [
         f"inputs: {rep.inputs}, {100 * rep.zero_inputs:.0f} % of input values are 0",
         f"files: {files}",
@@ -563,6 +589,8 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
             f".mpy, portable kernel; tiny: the cut-down engine deploy sends to small boards): "
             f"{heap}"
         )
+        notes.append(f"heap in use once loaded and run once (`gc.mem_alloc()` after a "
+                     f"collection, engine and model included; same forms): {resident}")
     if markdown:
         out = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(row) + " |" for row in rows]

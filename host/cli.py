@@ -243,7 +243,7 @@ def do_playground(args: argparse.Namespace) -> int:
         index = build(args.model, args.output)
     except WebAssemblyError as e:
         raise CLIError(str(e)) from None
-    print(f"wrote {index.parent}/ (index.html, app.mjs, data.json, micromlp.py, "
+    print(f"wrote {index.parent}/ (index.html, app.mjs, data.json, the engine's micromlp*.py, "
           f"{Path(args.model).name} as model.mlp, micropython.mjs/.wasm)")
     if not args.serve:
         print(f"serve it over http (ES modules need it): micromlp playground {args.model} "
@@ -433,14 +433,18 @@ Produced by:
 ```
 
 Every loader checks the whole file on the board: each field, the sizes against the
-real file size, and the 2\\*\\*30 proof recomputed from the weights (one pass over every
-weight). *load* is one `micromlp.load()` of the file; *a load is* compares its fuel
-with one inference's. The tiny engine's first load compiles its loader scripts on the
-board (on WASI much of that fuel is the byte-by-byte `readline` of the scripts through
-WASI calls); *again* is a later load, where the port has `compile()` and room to keep
-the compiled statements (a micro:bit has neither: each load compiles them); the tiny
-engine also asks `gc.mem_free()` once per load, which scans the whole heap (8 MB in
-these runs). On the
+real file size, and the 2\\*\\*30 proof recomputed from the weights (one pass over
+every weight). *load* is one `micromlp.load()` of the file; *a load is* compares its
+fuel with one inference's. The full engine imports its checked reader
+(micromlp_load.py) at every load and drops it after, so that its RAM goes to the
+model: on WASI, which runs the engine from source, most of a load's fuel is compiling
+that reader (and, the first time, micromlp_net.py); from .mpy (the unix timings, and
+what deploy sends to a board that takes .mpy) the import reads bytecode. The tiny
+engine's first load compiles its loader scripts on the board (on WASI much of that
+fuel is the byte-by-byte `readline` of the scripts through WASI calls); *again* is a
+later load, where the port has `compile()` and room to keep the compiled statements (a
+micro:bit has neither: each load compiles them); the tiny engine also asks
+`gc.mem_free()` once per load, which scans the whole heap (8 MB in these runs). On the
 emulated micro:bit, which does not model time, what counts is RAM: see the README.
 
 """

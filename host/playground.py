@@ -2,8 +2,9 @@
 
 The folder holds everything the page needs (no network at view time): MicroPython's
 WebAssembly port (micropython.mjs, micropython.wasm, the pinned npm package), the
-board's own firmware/micromlp.py, the model file, and data.json (the input table as
-sliders' ranges, stored test vectors with the host reference's outputs). The page
+board's own engine (firmware/micromlp*.py, without viper), the model file, and
+data.json (the input table as sliders' ranges, stored test vectors with the host
+reference's outputs). The page
 loads MicroPython, runs the engine's self-test on the stored vectors ("N/N match the
 host reference"), and predicts as the inputs change: a slider or number per feature
 over its calibrated range, or a drawing canvas when the inputs form a square image
@@ -44,13 +45,14 @@ def build(model_path: str | Path, out_dir: str | Path, vectors: int = 8) -> Path
     pkg = webassembly.package_dir()
     for name in ("micropython.mjs", "micropython.wasm"):
         shutil.copy(pkg / name, out / name)
-    for f in vms.firmware_files():  # viper is not compiled on WebAssembly: left out
-        if f.stem != "micromlp_viper":
-            shutil.copy(f, out / f.name)
+    engine = [f for f in vms.firmware_files() if f.stem != "micromlp_viper"]  # no viper there
+    for f in engine:
+        shutil.copy(f, out / f.name)
     shutil.copy(model_path, out / "model.mlp")
     side = math.isqrt(model.n_inputs)
     data = {
         "name": model_path.name,
+        "engine": [f.name for f in engine],
         "n_inputs": model.n_inputs,
         "n_outputs": model.n_outputs,
         "features": [{"lo": r["real_range"][0], "hi": r["real_range"][1], "step": r["scale"]}
@@ -126,7 +128,7 @@ document.getElementById("model").textContent =
 let lines = [];
 const mp = await loadMicroPython({ heapsize: 4 * 1024 * 1024, linebuffer: true,
                                    stdout: (l) => lines.push(l) });
-for (const f of ["micromlp.py", "micromlp_float.py", "model.mlp"]) {
+for (const f of data.engine.concat(["model.mlp"])) {
   mp.FS.writeFile(f, new Uint8Array(await (await fetch(f)).arrayBuffer()));
 }
 function py(code) {  // run code; the lines it printed

@@ -41,10 +41,12 @@ def tiny_loader_files() -> list[Path]:
 
 
 def firmware_files() -> list[Path]:
-    """The files that go on a board: the engine, its viper/native kernels, and its float
-    API (imported on first use)."""
+    """The files that go on a board: the engine (micromlp.py, which load() uses to import
+    the checked reader and then the kernels and Net), its viper/native kernels, and its
+    float API (imported on first use)."""
     src = engine_source()
-    return [src, src.with_name("micromlp_viper.py"), src.with_name("micromlp_float.py")]
+    return [src] + [src.with_name(f"micromlp_{n}.py") for n in ("load", "net", "viper",
+                                                               "float")]
 
 
 # How every driver starts on the VM: the engine's folder on the path, and the

@@ -15,7 +15,8 @@ def _body(path: Path, name: str) -> list[str]:
 
 
 def test_native_kernel_is_the_portable_kernel():
-    engine, fast = vms.firmware_files()[:2]
+    files = {f.stem: f for f in vms.firmware_files()}
+    engine, fast = files["micromlp_net"], files["micromlp_viper"]
     portable = _body(engine, "_linear")
     native = _body(fast, "linear_native")
     # the only difference allowed: the accumulator list's name

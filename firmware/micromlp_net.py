@@ -1,0 +1,463 @@
+# micromlp_net: the kernels and the Net of micromlp.py, imported by micromlp.load()
+# once the file is read (micromlp_load.py checks it and is dropped first).
+#
+# Kernels: 'viper' and 'native' live in micromlp_viper.py (ports without the viper
+# emitter cannot even compile that file); 'portable' is below. All three compute the
+# same integers. Integer arithmetic only, MicroPython 1.9-era syntax.
+
+from array import array
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+try:
+    # Inference runs with the heap locked: MicroPython then keeps a bytecode
+    # function's frame on the C stack instead of allocating it (docs/format.md).
+    from micropython import heap_lock as _lock
+    from micropython import heap_unlock as _unlock
+except ImportError:
+
+    def _lock():
+        pass
+
+    _unlock = _lock
+
+try:
+    import micromlp_viper as _fast
+except (ImportError, SyntaxError, NameError):
+    _fast = None
+
+# A layer's parameters as one int32 array q, shared by every kernel; its slots:
+_N_IN = const(0)  # inputs
+_N_OUT = const(1)  # outputs
+_LO = const(2)  # the output clamp [lo, hi]
+_HI = const(3)
+_HAS_BIAS = const(4)
+_ROW0 = const(5)  # the rows a kernel call computes: first, end (streaming: a block)
+_ROW_END = const(6)
+_W_OFF = const(7)  # where row _ROW0's weights start in w
+_SX = const(8)  # 32 on 64-bit ports (viper sign-extends 32-bit loads with it), else 0
+_W_ZERO = const(9)  # weight zero point: 128 for 8-bit weights (stored offset-binary)
+_X_SX = const(10)  # _SX where this layer's inputs can be negative, else 0
+_SLOPE_M = const(11)  # LeakyReLU: slope_mult (0: no LeakyReLU), slope_shift, its
+_SLOPE_S = const(12)  # rounding term, and the floor a negative value is clamped to
+_SLOPE_RND = const(13)  # before the slope multiplies it
+_SLOPE_FLOOR = const(14)
+_WIDE = const(15)  # 1: a wide layer (the dot product in the inputs' two bytes)
+# then per channel c at _Q + 4*c: bias, mult, rnd, shift; rnd = 2**(shift-1) (0 for
+# shift 0), or from shift 15 on, 2**(shift-16) (0 for shift 15), the rounding term
+# above bit 15.
+_Q = const(16)
+
+_ACC = [0, 0, 0, 0]  # the portable kernel's accumulators, handed to its epilogue
+
+
+def _linear(x, w, q, y):
+    # The portable kernel: rows q[_ROW0]..q[_ROW_END]-1 of y = clamp(round((W x + b) * mult
+    # / 2**shift)), weights of row q[_ROW0] at w[q[_W_OFF]]. 8-bit weights are stored as
+    # u = w + 128, so sum(w x) = sum(u x) - 128 sum(x): plain bytes, no sign
+    # fix per multiply. Four rows share each pass over x, which saves loop steps
+    # and index updates per multiply-add, and a zero input (ReLU makes many)
+    # skips its four multiply-adds; the rest go one row at a time. A wide layer
+    # (16-bit weights and inputs) sums w times each input's high and low byte
+    # apart, so no sum reaches 2**30: acc = b + sum(w (x >> 8)) + (sum(w (x & 255)) >> 8),
+    # which is b + floor(W x / 256).
+    n = q[_N_IN]
+    lo = q[_LO]
+    hi = q[_HI]
+    bias = q[_HAS_BIAS]
+    o = q[_ROW0]
+    end = q[_ROW_END]
+    k = q[_W_OFF]
+    s = 0
+    if q[_W_ZERO]:
+        for xv in x:
+            s += xv
+        s *= q[_W_ZERO]
+    lm = q[_SLOPE_M]
+    ls = q[_SLOPE_S]
+    lr = q[_SLOPE_RND]
+    lf = q[_SLOPE_FLOOR]
+    n2 = n + n
+    n3 = n2 + n
+    acc = _ACC
+    wide = q[_WIDE]
+    while o < end:
+        j = _Q + 4 * o
+        if wide:
+            a0 = q[j] if bias else 0
+            a1 = 0
+            for xv in x:
+                wv = w[k]
+                a0 += wv * (xv >> 8)
+                a1 += wv * (xv & 255)
+                k += 1
+            acc[0] = a0 + (a1 >> 8)
+            rows = 1
+        elif o + 3 < end:
+            a0 = a1 = a2 = a3 = -s
+            if bias:
+                a0 += q[j]
+                a1 += q[j + 4]
+                a2 += q[j + 8]
+                a3 += q[j + 12]
+            for xv in x:
+                if xv:
+                    a0 += w[k] * xv
+                    a1 += w[k + n] * xv
+                    a2 += w[k + n2] * xv
+                    a3 += w[k + n3] * xv
+                k += 1
+            acc[0] = a0
+            acc[1] = a1
+            acc[2] = a2
+            acc[3] = a3
+            k += n3
+            rows = 4
+        else:
+            a0 = (q[j] if bias else 0) - s
+            for xv in x:
+                a0 += w[k] * xv
+                k += 1
+            acc[0] = a0
+            rows = 1
+        # Requantize: round half up ((v + 2**(shift-1)) >> shift; >> floors), clamp.
+        # From shift 15 on, v splits at bit 15 so no product reaches 2**30:
+        # v * m + 2**(sh-1) == ((v >> 15) * m + r) * 2**15 + (v & 32767) * m + r_lo,
+        # r = 2**(sh-16) (0 at sh 15) from q, r_lo = 2**14 at sh 15 (else 0).
+        for t in range(rows):
+            v = acc[t]
+            m = q[j + 1]
+            r = q[j + 2]
+            sh = q[j + 3]
+            if sh < 15:
+                v = (v * m + r) >> sh
+            else:
+                v = (
+                    (v >> 15) * m + r + (((v & 32767) * m + (16384 if sh == 15 else 0)) >> 15)
+                ) >> (sh - 15)
+            if v < 0 and lm:  # LeakyReLU
+                if v < lf:
+                    v = lf
+                v = (v * lm + lr) >> ls
+            if v < lo:
+                v = lo
+            elif v > hi:
+                v = hi
+            y[o] = v
+            o += 1
+            j += 4
+
+
+def _prep(x, xq, b, lim):
+    # xq = x clamped to lim = [lo, hi] by comparisons, so any int clamps right;
+    # xq is an array('i'): a float is refused there. Small frame (see Net.run).
+    i = b[0]
+    while i:
+        i -= 1
+        v = x[i]
+        if v < lim[0]:
+            v = lim[0]
+        elif v > lim[1]:
+            v = lim[1]
+        xq[i] = v
+
+
+def _copy(y, out, b):
+    i = b[4]
+    while i:
+        i -= 1
+        out[i] = y[i]
+
+
+def _argmax(y, b):
+    # index of the largest of the b[4] outputs, the first one on a tie
+    i = b[4] - 1
+    best = i
+    while i:
+        i -= 1
+        if y[i] >= y[best]:
+            best = i
+    return best
+
+
+_FLOAT = None  # micromlp_float, once imported
+
+
+def _float():
+    global _FLOAT
+    if _FLOAT is None:
+        try:
+            import micromlp_float as f
+        except ImportError:  # CPython, as the package module micromlp.firmware.micromlp
+            from . import micromlp_float as f
+        _FLOAT = f
+    return _FLOAT
+
+
+KERNELS = ("viper", "native", "portable")
+
+
+def _kernel(name, wsize):
+    # The kernel function for a layer: name None picks the fastest this port has.
+    if name is None:
+        name = "viper" if _fast else "portable"
+    if name == "portable":
+        return _linear
+    if name not in KERNELS:
+        raise ValueError("unknown kernel %r, expected one of %r" % (name, KERNELS))
+    if _fast is None:
+        raise ValueError("kernel %r needs micromlp_viper.py and a port with viper" % name)
+    if name == "viper":
+        return _fast.linear8 if wsize == 1 else _fast.linear16
+    return _fast.linear_native
+
+
+class Layer:
+    """One Linear (+ optional ReLU) layer in integer form."""
+
+    def __init__(self, q, w, wsize, relu, fn, typed):
+        self.q = q
+        self.n_in = q[_N_IN]
+        self.n_out = q[_N_OUT]
+        self.has_bias = q[_HAS_BIAS]
+        self.w = w  # bytes-like (8-bit weights, offset by 128) or array('h') (16-bit)
+        self.wsize = wsize
+        self.relu = relu
+        self.fn = fn
+        self.w_pos = 0  # streaming: where the weights start in the file
+        # Outputs: an array for viper (ptr32), a list for the bytecode kernels
+        # (faster to iterate); either way made once, here.
+        self.y = array("i", bytes(4 * self.n_out)) if typed else [0] * self.n_out
+
+    def __repr__(self):
+        return "Layer(%d->%d%s%s)" % (
+            self.n_in,
+            self.n_out,
+            ", bias" if self.has_bias else "",
+            ", relu" if self.relu else "",
+        )
+
+
+class Net:
+    """A loaded model: run(x) maps quantized input ints to output ints."""
+
+    def __init__(self, layers, in_lo, in_hi, out_scale, kernel, bits):
+        self.layers = layers
+        self.n_inputs = layers[0].n_in
+        self.n_outputs = layers[-1].n_out
+        self.in_lo = in_lo
+        self.in_hi = in_hi
+        self.out_scale = out_scale
+        self.kernel = kernel
+        self.stream = None  # the open model file when weights stay on storage
+        fast = _fast if kernel == "viper" else None
+        # the clamped inputs: an array('i'), so a float in x is refused, not computed with
+        self.x = array("i", bytes(4 * self.n_inputs))
+        self.y = layers[-1].y  # the last layer's outputs (predict reads them in place)
+        # what run() needs, gathered once: the input clamp, each layer's kernel
+        # call, and the copy of the result
+        self.fast = fast  # micromlp_viper where this net runs on viper, else None
+        self.prep = fast.prep if fast else _prep
+        self.copy = fast.copy if fast else _copy
+        self.argmax = fast.argmax if fast else _argmax
+        self.lim = [in_lo, in_hi]
+        # viper sign-extends 32-bit loads on 64-bit ports where values can be < 0
+        sx = 32 if fast and bits == 64 else 0
+        self.bounds = array(
+            "i",
+            [
+                self.n_inputs,
+                in_lo,
+                in_hi,
+                sx if in_lo < 0 else 0,
+                self.n_outputs,
+                sx if layers[-1].q[_LO] < 0 else 0,
+                sx,
+            ],
+        )
+        self.plan = None
+        # floats in: the input table comes from the file (see _floats); net.inputs is
+        # made on first use (a model that takes ints never pays for it)
+        self.in_table = None
+        self._fin = None
+        self.fb = self.tb = None  # the bytecode path's 16-bit views of inputs and table
+
+    def _ready(self):
+        # Each layer's kernel call, gathered once its weights are in place; for viper
+        # with 8-bit weights in RAM, the whole network as one call (micromlp_viper.net8)
+        self.plan = tuple([(layer.fn, layer.w, layer.q, layer.y) for layer in self.layers])
+        self.net8 = None
+        if self.kernel == "viper" and self.stream is None and all(
+                [layer.wsize == 1 for layer in self.layers]):
+            flat = [self.x, self.bounds]
+            for layer in self.layers:
+                flat += [layer.w, layer.q, layer.y]
+            self.net8 = tuple(flat)
+        return self
+
+    def __repr__(self):
+        return "Net(%s)" % ", ".join([repr(layer) for layer in self.layers])
+
+    # run, predict and _infer keep their frames small (a few locals): MicroPython
+    # puts a larger bytecode frame on the heap unless the heap is locked, and the
+    # layers run with it locked, so an inference allocates nothing. Nothing in the
+    # locked part can raise (inputs are checked before it); a Ctrl-C there leaves
+    # the heap locked until micropython.heap_unlock() or the REPL.
+
+    def run(self, x, out=None):
+        """Integer outputs for the integer inputs x; allocation-free when out is given."""
+        if out is None:
+            out = array("i", bytes(4 * self.n_outputs))
+        if not self._net8(x):
+            self._infer(x)
+        self.copy(self.y, out, self.bounds)
+        return out
+
+    def predict(self, x):
+        """Index of the largest output (the first one on a tie); allocation-free."""
+        if not self._net8(x):
+            self._infer(x)
+        return self.argmax(self.y, self.bounds)
+
+    def _net8(self, x):
+        # The one viper call (clamp and every layer; no bytecode frame, so nothing is
+        # allocated even without heap_lock) where x is an array('i'): True if it ran.
+        if self.net8 is None or type(x) is not array:
+            return False
+        _fast.PLAN = self.net8
+        _fast.SRC = x
+        return _fast.net8()
+
+    def _infer(self, x):
+        # Clamp inputs to the declared range: the overflow proof assumes it.
+        if len(x) != self.n_inputs:
+            raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
+        self.prep(x, self.x, self.bounds, self.lim)
+        _lock()
+        self._layers()
+        _unlock()
+
+    def _layers(self):
+        if self.net8:  # the inputs are clamped into self.x already
+            self._net8(self.x)
+            return
+        xq = self.x
+        if self.stream is None:
+            for fn, w, q, y in self.plan:
+                fn(xq, w, q, y)
+                xq = y
+        else:
+            for layer in self.layers:
+                self._stream_layer(xq, layer)
+                xq = layer.y
+
+    def _stream_layer(self, x, layer):
+        # Weights stay in the file: read a block of rows at a time into the one
+        # preallocated buffer and run the kernel on just those rows.
+        f = self.stream
+        q = layer.q
+        n_out = layer.n_out
+        row_bytes = layer.n_in * layer.wsize
+        rows = self.chunk_bytes // row_bytes
+        w = self.chunk8 if layer.wsize == 1 else self.chunk16
+        o = 0
+        while o < n_out:
+            end = o + rows
+            if end > n_out:
+                end = n_out
+            f.seek(layer.w_pos + o * row_bytes)
+            f.readinto(w)
+            q[_ROW0] = o
+            q[_ROW_END] = end
+            layer.fn(x, w, q, layer.y)
+            o = end
+        q[_ROW0] = 0
+        q[_ROW_END] = n_out
+
+    def _floats(self, table):
+        # the file's input table (n float32 scales, n int32 zero points), for quantize
+        self.in_table = table
+
+    # The float API lives in micromlp_float.py, imported on first use: a model fed
+    # ints never holds it in RAM.
+    @property
+    def inputs(self):
+        """The engine's own float32 inputs (an array('f')): fill it, then quantize it."""
+        return _float().inputs(self)
+
+    def quantize(self, values, xq=None):
+        """Floats (a list, or net.inputs: an array('f')) -> the input ints, into xq (an
+        array('i'); default the engine's own); exactly the host's quantize_input:
+        clamp(floor(x / scale + 1/2) + zero) on the exact rational, ties up, +-inf
+        clamped, NaN refused. Allocates nothing for a list or net.inputs."""
+        return _float().quantize(self, values, xq)
+
+    def predict_float(self, values):
+        """Index of the largest output for float inputs (quantize, then predict)."""
+        return self.predict(self.quantize(values))
+
+    def dequantize(self, out, buf=None):
+        """Output ints as floats, into buf (an array('f') or a list; default a new
+        list). A float is a heap object on most ports: this allocates there."""
+        return _float().dequantize(self, out, buf)
+
+    def probabilities(self, out, buf=None):
+        """The softmax of the dequantized outputs (one output: its sigmoid), into buf.
+        Allocates floats where they are heap objects."""
+        return _float().probabilities(self, out, buf)
+
+    def close(self):
+        """Close the model file of a streaming net."""
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+
+def _pick(kernel):
+    if kernel is None:
+        return "viper" if _fast else "portable"
+    _kernel(kernel, 1)  # raises for an unknown or unavailable kernel
+    return kernel
+
+
+def build(parts, kernel, bits):
+    # The Net from micromlp_load.read's parts; bits: the port's word size.
+    kernel = _pick(kernel)
+    layers = []
+    for q, w, w_pos, wsize, relu in parts[0]:
+        layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel == "viper")
+        layer.w_pos = w_pos
+        layers.append(layer)
+    net = Net(layers, parts[1], parts[2], parts[3], kernel, bits)
+    net._floats(parts[4])
+    return net
+
+
+def in_place(net, data):
+    # The module form: 8-bit weights used where they are, in the module's bytes (no
+    # RAM when the module is frozen or in ROMFS); 16-bit ones were copied (alignment).
+    for layer in net.layers:
+        if layer.w is None:
+            layer.w = data
+            layer.q[_W_OFF] = layer.w_pos
+    return net._ready()
+
+
+def streaming(net, f, chunk):
+    # Streaming needs one weight buffer that holds at least one row of every layer.
+    widest = 0
+    sizes = 0
+    for layer in net.layers:
+        widest = max(widest, layer.n_in * layer.wsize)
+        sizes |= layer.wsize
+    net.chunk_bytes = max(chunk, 4 * widest)  # four rows: what the kernels take at once
+    net.chunk8 = bytearray(net.chunk_bytes) if sizes & 1 else None
+    net.chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
+    net.stream = f
+    return net._ready()
