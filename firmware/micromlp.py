@@ -23,13 +23,17 @@ class ModelError(ValueError):
     pass
 
 
-def _reader():
+def _sibling(name):
+    # A module beside this one: top-level on a board; on CPython, in the package
+    # this one is part of (micromlp.firmware).
     try:
-        import micromlp_load as m
-    except ImportError:  # CPython, as the package module micromlp.firmware.micromlp
-        from . import micromlp_load as m
-    m.ModelError = ModelError
-    return m
+        return __import__(name)
+    except ImportError:
+        if "." not in __name__:  # a board missing the file: say which
+            raise
+        from importlib import import_module
+
+        return import_module(__name__.rpartition(".")[0] + "." + name)
 
 
 _NET = None  # micromlp_net, once imported
@@ -38,11 +42,7 @@ _NET = None  # micromlp_net, once imported
 def _net():
     global _NET
     if _NET is None:
-        try:
-            import micromlp_net as m
-        except ImportError:  # CPython, as above
-            from . import micromlp_net as m
-        _NET = m
+        _NET = _sibling("micromlp_net")
     return _NET
 
 
@@ -56,12 +56,13 @@ def _word_bits():
         return 32
 
 
-def _read(f, keep):
+def _read(f, keep, bits):
     # The checked parts of a model stream; the reader leaves the heap afterwards
     # (on MicroPython: on CPython it stays imported, as memory is no concern there).
-    m = _reader()
+    m = _sibling("micromlp_load")
+    m.ModelError = ModelError
     try:
-        return m.read(f, keep, _word_bits())
+        return m.read(f, keep, bits)
     finally:
         import sys
 
@@ -96,14 +97,15 @@ def load(src, kernel=None, stream=False, chunk=2048):
         f = BytesIO(data)
     else:
         raise TypeError("load() takes a path, a binary file or a model module")
+    bits = _word_bits()
     try:
-        parts = _read(f, 2 if data is not None else (0 if stream else 3))
-        net = _net().build(parts, kernel, _word_bits())
+        # read first, then import the net: the reader is gone before the net comes in
+        parts = _read(f, 2 if data is not None else (0 if stream else 3), bits)
+        net = _net().build(parts, kernel, bits)
     except Exception:
         if f is not src:
             f.close()
         raise
-    parts = None
     if stream:
         return _net().streaming(net, f, chunk)
     if data is not None:

@@ -39,27 +39,12 @@ _SMALL = const(0x40000000)  # 2**30: every value the engine forms stays below th
 _F32_INF = const(0x7F800000)  # float32 bits of +inf: positive finite is 0 < bits < this
 _REACH = const(0x20000000)  # 2**29: inputs and their zero points stay this close to 0
 
-# A layer's parameters as one int32 array q, shared by every kernel; its slots:
-_N_IN = const(0)  # inputs
-_N_OUT = const(1)  # outputs
-_LO = const(2)  # the output clamp [lo, hi]
+# A layer's parameter array q: micromlp_net.py names its slots; the reader fills
+# the header slots in order (see _read_layer) and names the few it reads back.
+_N_OUT = const(1)
+_LO = const(2)
 _HI = const(3)
-_HAS_BIAS = const(4)
-_ROW0 = const(5)  # the rows a kernel call computes: first, end (streaming: a block)
-_ROW_END = const(6)
-_W_OFF = const(7)  # where row _ROW0's weights start in w
-_SX = const(8)  # 32 on 64-bit ports (viper sign-extends 32-bit loads with it), else 0
-_W_ZERO = const(9)  # weight zero point: 128 for 8-bit weights (stored offset-binary)
-_X_SX = const(10)  # _SX where this layer's inputs can be negative, else 0
-_SLOPE_M = const(11)  # LeakyReLU: slope_mult (0: no LeakyReLU), slope_shift, its
-_SLOPE_S = const(12)  # rounding term, and the floor a negative value is clamped to
-_SLOPE_RND = const(13)  # before the slope multiplies it
-_SLOPE_FLOOR = const(14)
-_WIDE = const(15)  # 1: a wide layer (the dot product in the inputs' two bytes)
-# then per channel c at _Q + 4*c: bias, mult, rnd, shift; rnd = 2**(shift-1) (0 for
-# shift 0), or from shift 15 on, 2**(shift-16) (0 for shift 15), the rounding term
-# above bit 15.
-_Q = const(16)
+_Q = const(16)  # per channel c at _Q + 4*c: bias, mult, rnd, shift
 
 
 def _soft_crc32(data, crc):
@@ -246,6 +231,9 @@ def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx, version):
     # LeakyReLU: below lf a negative value would make sm * v reach 2**30
     lr = (1 << (ss - 1)) if ss else 0
     lf = -((1 << 30) // sm - 1) if sm else 0
+    # slots 0.._Q-1 in micromlp_net.py's order: n_in, n_out, lo, hi, has_bias, the rows
+    # (0, n_out) and their weights' offset (0), sx, the weight zero point, the inputs'
+    # sx, the LeakyReLU slope (mult, shift, rounding, floor), wide
     for i, v in enumerate((n_in, n_out, lo, hi, has_bias, 0, n_out, 0, sx, zw, xsx, sm, ss, lr,
                            lf, wide)):
         q[i] = v

@@ -417,9 +417,7 @@ def min_heap(model_path: Path, model: QuantModel, form: str) -> tuple[int, int]:
             for f in vms.tiny_loader_files():  # run as source by the engine
                 shutil.copy(f, tmp / f.name)
         else:  # the engine's bytecode modules (the portable kernel: no viper here)
-            for f in vms.firmware_files():
-                if f.stem != "micromlp_viper":
-                    mpy_cross(f, tmp / (f.stem + ".mpy"))
+            vms.stage_firmware(tmp, mpy=True, viper=False)
         shutil.copy(model_path, tmp / "model.mlp")
         if form in ("py", "mpy", "tiny-mpy"):
             (tmp / "model_mlp.py").write_text(module_source(model_path.read_bytes()))
@@ -460,11 +458,10 @@ def file_sizes(model_path: Path) -> dict[str, int]:
         mpy_cross(tmp / "model_mlp.py", tmp / "model_mlp.mpy")
         for name in ("model_mlp.py", "model_mlp.mpy"):
             sizes[name] = (tmp / name).stat().st_size
-        engine = [f for f in vms.firmware_files() if f.stem != "micromlp_viper"]
-        for f in engine:
-            mpy_cross(f, tmp / (f.stem + ".mpy"))
-        sizes["engine .mpy (4 files)"] = sum((tmp / (f.stem + ".mpy")).stat().st_size
-                                             for f in engine)
+        engine = vms.firmware_files(viper=False)
+        vms.stage_firmware(tmp, mpy=True, viper=False)
+        sizes[f"engine .mpy ({len(engine)} files)"] = sum(
+            (tmp / (f.stem + ".mpy")).stat().st_size for f in engine)
     sizes["engine .py"] = sum(f.stat().st_size for f in engine)
     return sizes
 

@@ -346,8 +346,7 @@ def engine_files(p: Plan) -> dict[str, bytes]:
             files[f.name] = minify(f.read_text()).encode()
         return files
     files = {}
-    parts = [f for f in vms.firmware_files() if p.viper or f.stem != "micromlp_viper"]
-    for part in parts:
+    for part in vms.firmware_files(p.viper):
         if p.engine_format == "mpy" and part.stem != "micromlp_viper":
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "m.mpy"

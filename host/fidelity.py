@@ -39,11 +39,10 @@ def layer_report(model: QuantModel, layers: list[FloatLayer], x: np.ndarray) -> 
     bound (error_bound) holds; the fraction of outputs at the top of the grid (clipped; not
     for a layer whose clamp is its activation); and how many grid levels are used."""
     x = np.asarray(x, dtype=np.float64)
-    raw = np.floor(x / model.in_scale + 0.5) + model.in_zero
     ref = reference.run(model, model.quantize_input(x), trace=True)
     rows, h = [], x
     # the proven bounds hold while no value is clamped: samples clamped so far drop out
-    in_range = ~np.any((raw < model.in_lo) | (raw > model.in_hi), axis=1)
+    in_range = ~outside_range(model, x).any(axis=1)
     for i, (layer, q) in enumerate(zip(layers, model.layers, strict=True)):
         h = layer.forward(h)
         got = ref.hidden[i] * q.out_scale
@@ -158,11 +157,16 @@ def matching_layers(model: QuantModel, source) -> list[FloatLayer]:
     return align_units(layers, model)
 
 
+def outside_range(model: QuantModel, x: np.ndarray) -> np.ndarray:
+    """[n, n_inputs] bool: which input values fall outside the integers' range (the board
+    clamps them)."""
+    raw = np.floor(np.asarray(x, dtype=np.float64) / model.in_scale + 0.5) + model.in_zero
+    return (raw < model.in_lo) | (raw > model.in_hi)
+
+
 def input_clipping(model: QuantModel, x: np.ndarray) -> list[dict]:
     """Features with samples outside the integers' range: index, fraction, real range."""
-    x = np.asarray(x, dtype=np.float64)
-    raw = np.floor(x / model.in_scale + 0.5) + model.in_zero
-    out = ((raw < model.in_lo) | (raw > model.in_hi)).mean(axis=0)
+    out = outside_range(model, x).mean(axis=0)
     lo = (model.in_lo - model.in_zero) * model.in_scale
     hi = (model.in_hi - model.in_zero) * model.in_scale
     return [{"feature": int(j), "fraction": float(out[j]), "range": [float(lo[j]), float(hi[j])]}
@@ -259,4 +263,4 @@ def certify(model: QuantModel, layers: list[FloatLayer], x: np.ndarray) -> Certi
 
 
 __all__ = ["Certificate", "align_units", "certify", "input_clipping", "layer_alone", "layer_report",
-           "matching_layers"]
+           "matching_layers", "outside_range"]

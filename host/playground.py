@@ -45,7 +45,7 @@ def build(model_path: str | Path, out_dir: str | Path, vectors: int = 8) -> Path
     pkg = webassembly.package_dir()
     for name in ("micropython.mjs", "micropython.wasm"):
         shutil.copy(pkg / name, out / name)
-    engine = [f for f in vms.firmware_files() if f.stem != "micromlp_viper"]  # no viper there
+    engine = vms.firmware_files(viper=False)  # no viper on WebAssembly
     for f in engine:
         shutil.copy(f, out / f.name)
     shutil.copy(model_path, out / "model.mlp")

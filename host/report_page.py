@@ -86,12 +86,12 @@ def _layer_bars(rows: list[dict]):
     return fig
 
 
-def _histograms(model, layers, x: np.ndarray):
-    """Each layer's outputs on the board (dequantized) with the grid's edges, and the
-    float layer's outputs (a value beyond an edge is clipped on the board)."""
+def _histograms(model, layers, x: np.ndarray, ref):
+    """Each layer's outputs on the board (dequantized; ref: the reference's run with
+    trace) with the grid's edges, and the float layer's outputs (a value beyond an edge
+    is clipped on the board)."""
     import matplotlib.pyplot as plt
 
-    ref = reference.run(model, model.quantize_input(x), trace=True)
     n = len(model.layers)
     fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 2.8), squeeze=False)
     h = x
@@ -165,8 +165,8 @@ def _table(rows: list[dict]) -> str:
 
 
 STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;
-color:#222}h1{font-size:22px}h2{font-size:17px;margin-top:28px}pre{background:#f6f6f6;white-space:pre-wrap;
-padding:10px;overflow-x:auto;font-size:12px}table{border-collapse:collapse;font-size:12px}
+color:#222}h1{font-size:22px}h2{font-size:17px;margin-top:28px}pre{background:#f6f6f6;
+white-space:pre-wrap;padding:10px;overflow-x:auto;font-size:12px}table{border-collapse:collapse;font-size:12px}
 td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}img{max-width:100%}
 .ok{color:#080;font-weight:bold}.failed{color:#c00;font-weight:bold}"""
 
@@ -185,7 +185,8 @@ def build(mlp_path: str | Path, x: np.ndarray, y: np.ndarray | None, source,
     model = modelfile.load(mlp_path)
     x = np.asarray(x, dtype=np.float64)
     layers = fidelity.matching_layers(model, source)
-    fixed = model.dequantize_output(reference.run(model, model.quantize_input(x)).out)
+    ref = reference.run(model, model.quantize_input(x), trace=True)
+    fixed = model.dequantize_output(ref.out)
     flt = source.evaluate(x)[0]
     status = "ok" if rep.ok else "failed"
     verdict = "OK" if rep.ok else "FAILED: " + html.escape("; ".join(rep.failures))
@@ -202,7 +203,7 @@ def build(mlp_path: str | Path, x: np.ndarray, y: np.ndarray | None, source,
         "(dequantized). <i>alone</i>: the network's output error when only that layer "
         "runs in integers. <i>max in range</i>: over samples no clamp has touched up to "
         "that layer, which the layer's proven bound holds.</p>",
-        "<h2>Activations</h2>", _png(_histograms(model, layers, x)),
+        "<h2>Activations</h2>", _png(_histograms(model, layers, x, ref)),
         "<h2>Inputs</h2>",
         _png(_input_clipping(rep, model.n_inputs)) if rep.clipped_features else
         "<p>No sample is outside any input feature's range.</p>",

@@ -153,9 +153,8 @@ def verify_arrays(
     if y is not None and len(y) != len(x):
         raise ExportError(f"{len(y)} labels for {len(x)} samples")
     xq = model.quantize_input(x)
-    raw_q = np.floor(x / model.in_scale + 0.5) + model.in_zero
     ref = reference.run(model, xq)
-    saturated = ref.saturated | np.any((raw_q < model.in_lo) | (raw_q > model.in_hi), axis=1)
+    saturated = ref.saturated | fidelity.outside_range(model, x).any(axis=1)
     rep = VerifyReport(
         model=str(mlp_path),
         samples=len(x),
@@ -189,9 +188,10 @@ def verify_arrays(
             rep.top1_agreement = float((cls == pred).mean())
             if labels is not None:
                 rep.float_accuracy = float((cls == labels).mean())
-        _certify(rep, model, source, x)
+        float_layers = fidelity.matching_layers(model, source)
+        _certify(rep, model, float_layers, x)
         if layers:
-            _layers(rep, model, source, x)
+            _layers(rep, model, float_layers, x)
         if not source.comparable:
             rep.notes.append(f"errors are against the float layer list (the {rep.float_model} "
                              f"model's answer is probabilities); classes against "
@@ -212,18 +212,18 @@ def verify_arrays(
     return rep
 
 
-def _certify(rep: VerifyReport, model, source, x: np.ndarray) -> None:
-    """The per-cell bounds and certified classes against the float layer list."""
-    cert = fidelity.certify(model, fidelity.matching_layers(model, source), x)
+def _certify(rep: VerifyReport, model, layers: list, x: np.ndarray) -> None:
+    """The per-cell bounds and certified classes against the float layers (raw input
+    units, unit for unit as in the file: fidelity.matching_layers)."""
+    cert = fidelity.certify(model, layers, x)
     rep.cell_bound_median = float(np.median(cert.bound))
     rep.cell_bound_max = float(cert.bound.max())
     rep.certified = float(cert.certified.mean()) if model.n_outputs > 1 else None
     rep.cell_bound_broken = bool(np.any(cert.observed > cert.bound * (1 + 1e-9) + 1e-12))
 
 
-def _layers(rep: VerifyReport, model, source, x: np.ndarray) -> None:
-    """Per layer: where the error comes from (host/fidelity)."""
-    layers = fidelity.matching_layers(model, source)
+def _layers(rep: VerifyReport, model, layers: list, x: np.ndarray) -> None:
+    """Per layer: where the error comes from (host/fidelity), against the same layers."""
     for row, alone in zip(fidelity.layer_report(model, layers, x),
                           fidelity.layer_alone(model, layers, x), strict=True):
         row.update(alone_mean_error=alone["mean_error"], alone_max_error=alone["max_error"],

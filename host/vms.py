@@ -40,13 +40,14 @@ def tiny_loader_files() -> list[Path]:
     return [src.with_name(n) for n in names]
 
 
-def firmware_files() -> list[Path]:
+def firmware_files(viper: bool = True) -> list[Path]:
     """The files that go on a board: the engine (micromlp.py, which load() uses to import
-    the checked reader and then the kernels and Net), its viper/native kernels, and its
+    the checked reader and then the kernels and Net), its viper/native kernels (left
+    out with viper=False: the bytecode modules only, which every port runs), and its
     float API (imported on first use)."""
     src = engine_source()
-    return [src] + [src.with_name(f"micromlp_{n}.py") for n in ("load", "net", "viper",
-                                                               "float")]
+    names = ("load", "net", "viper", "float") if viper else ("load", "net", "float")
+    return [src] + [src.with_name(f"micromlp_{n}.py") for n in names]
 
 
 # How every driver starts on the VM: the engine's folder on the path, and the
@@ -87,12 +88,14 @@ except Exception as e:
 """
 
 
-def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False) -> None:
+def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False,
+                   viper: bool = True) -> None:
     """Copy the engine into workdir, as .py or (what a small board gets) as .mpy.
 
     The viper module's .mpy holds machine code, so it is built for this host's
-    unix port (x64); elsewhere it stays .py. tiny: the cut-down engine
-    (firmware/micromlp_tiny.py) as micromlp.py, as deploy sends it to small boards.
+    unix port (x64); elsewhere it stays .py; viper=False leaves it out (the portable
+    kernel only). tiny: the cut-down engine (firmware/micromlp_tiny.py) as
+    micromlp.py, as deploy sends it to small boards.
     """
     from ..export.pymodule import mpy_cross
 
@@ -101,7 +104,7 @@ def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False) -> None
         for f in tiny_loader_files():
             shutil.copy(f, workdir / f.name)
         return
-    for f in firmware_files():
+    for f in firmware_files(viper):
         if not mpy:
             shutil.copy(f, workdir / f.name)
         elif f.stem != "micromlp_viper":  # bytecode: one .mpy for every port
