@@ -117,9 +117,7 @@ def _floats(text: str | None) -> np.ndarray | None:
 def do_export(args: argparse.Namespace) -> int:
     from .api import export
 
-    mean, std = _floats(args.input_mean), _floats(args.input_std)
-    if (mean is None) != (std is None):
-        raise CLIError("--input-mean and --input-std go together")
+    mean, std = _normalization(args)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: exists and is not a folder (-o names the output folder)")
@@ -202,15 +200,31 @@ def do_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _normalization(args: argparse.Namespace):
+    """--input-mean/--input-std as arrays (or None, None)."""
+    mean, std = _floats(args.input_mean), _floats(args.input_std)
+    if (mean is None) != (std is None):
+        raise CLIError("--input-mean and --input-std go together")
+    return mean, std
+
+
+def _float_source(args: argparse.Namespace):
+    """verify's and report's --float model, read as export reads a model, with the input
+    normalization it expects (--input-mean/--input-std, as given to export)."""
+    from ..export.sources import load_source
+
+    source = load_source(args.float_model, module=args.module, module_args=args.module_args,
+                         arch=args.arch, trust_pickle=args.trust_pickle)
+    mean, std = _normalization(args)
+    if mean is not None:
+        source.mean, source.std = mean, std
+    return source
+
+
 def do_verify(args: argparse.Namespace) -> int:
     from .verify import format_report, verify
 
-    float_model = args.float_model
-    if float_model is not None:
-        from ..export.sources import load_source
-
-        float_model = load_source(float_model, module=args.module, module_args=args.module_args,
-                                  arch=args.arch, trust_pickle=args.trust_pickle)
+    float_model = None if args.float_model is None else _float_source(args)
     rep = verify(args.model, args.data, float_model, args.vm, args.split,
                  args.max_drop / 100, args.min_agreement / 100, args.label_column,
                  layers=args.layers)
@@ -219,12 +233,10 @@ def do_verify(args: argparse.Namespace) -> int:
 
 
 def do_report(args: argparse.Namespace) -> int:
-    from ..export.sources import load_source
     from .report_page import build
     from .verify import load_data
 
-    source = load_source(args.float_model, module=args.module, module_args=args.module_args,
-                         arch=args.arch, trust_pickle=args.trust_pickle)
+    source = _float_source(args)
     x, y = load_data(args.data, args.split, args.label_column)
     path, rep = build(args.model, x, y, source, args.output, args.vm,
                       args.max_drop / 100, args.min_agreement / 100)
@@ -493,6 +505,12 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    "with 8-bit activations, 10 with 16-bit; 0: only the 10%% headroom)")
 
 
+def _add_normalization_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--input-mean", help="per-input means (comma-separated, or one for all) "
+                   f"{what}, with --input-std")
+    p.add_argument("--input-std", help="per-input standard deviations (see --input-mean)")
+
+
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     """How to read a model file that needs more than itself (export's MODEL, --float)."""
     p.add_argument("--module", metavar="FILE.py[:CLASS]",
@@ -537,9 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
                    ".npz (X_train/x_train/X/x), .npy or .csv (default: the .npz next to MODEL)")
     _add_source_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--input-mean", help="per-input means (comma-separated, or one for all) "
-                   "to fold into the first layer, with --input-std")
-    p.add_argument("--input-std", help="per-input standard deviations (see --input-mean)")
+    _add_normalization_args(p, "to fold into the first layer")
     p.add_argument("--input-range", metavar="LO,HI",
                    help="inputs are raw integers in [LO, HI], fed to the board as they are")
     p.add_argument("--input-bits", type=int,
@@ -574,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="the label column of a .csv (a header name or an "
                    "index; -1 for the last)")
     _add_source_args(p)
+    _add_normalization_args(p, "the float model expects (as given to export)")
     p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
                    help="fail when fixed-point accuracy is more than this below float (1)")
     p.add_argument("--min-agreement", type=float, default=99.0, metavar="PERCENT",
@@ -601,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="the label column of a .csv")
     p.add_argument("--split", default="test", help="which split of the .npz (test)")
     _add_source_args(p)
+    _add_normalization_args(p, "the float model expects (as given to export)")
     p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS")
     p.add_argument("--min-agreement", type=float, default=99.0, metavar="PERCENT")
     p.add_argument("--vm", type=_vm_list, default=FIRMWARE_VMS,

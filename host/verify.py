@@ -192,6 +192,10 @@ def verify_arrays(
         _certify(rep, model, float_layers, x)
         if layers:
             _layers(rep, model, float_layers, x)
+        if not rep.bounded:
+            rep.notes.append("an error past the proven bound means the float model here is "
+                             "not the one exported: other weights, or another input "
+                             "normalization (pass --input-mean/--input-std as given to export)")
         if not source.comparable:
             rep.notes.append(f"errors are against the float layer list (the {rep.float_model} "
                              f"model's answer is probabilities); classes against "

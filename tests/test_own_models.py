@@ -149,6 +149,37 @@ def test_state_dict_of_a_plain_sequential_with_arch(data, tmp_path):
         micromlp.export(tmp_path / "seq.pth", calib=x, out=None, arch="64,20,10")
 
 
+
+def test_cli_verify_and_report_take_the_float_models_normalization(data, tmp_path, capsys):
+    # a state dict trained on normalized inputs, the normalization given on the command
+    # line: export folds it in, and verify/report must feed the float model the same
+    x, y, xt, yt = data
+    mean, std = x.mean(0), x.std(0) + 1
+    torch.manual_seed(2)
+    seq = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    _train(seq, (x - mean) / std, y)
+    torch.save(seq.eval().state_dict(), tmp_path / "seq.pth")
+    np.savez(tmp_path / "d.npz", X_train=x, X_test=xt, y_test=yt)
+    norm = ["--input-mean=" + ",".join(f"{v:.17g}" for v in mean),
+            "--input-std=" + ",".join(f"{v:.17g}" for v in std)]
+    src = [str(tmp_path / "seq.pth"), "--arch", "64,16,10"]
+    assert cli(["export", *src, "--calib", str(tmp_path / "d.npz"), "-o", str(tmp_path / "o"),
+                *norm]) == 0
+    mlp, d = str(tmp_path / "o" / "model.mlp"), str(tmp_path / "d.npz")
+    capsys.readouterr()
+    assert cli(["verify", mlp, "--data", d, "--float", *src, *norm, "--vm", "cpython"]) == 0
+    assert "result: OK" in capsys.readouterr().out
+    # the float model fed raw inputs is another function: refused, with the likely cause
+    assert cli(["verify", mlp, "--data", d, "--float", *src, "--vm", "cpython"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT within the exporter's proven bound" in out and "--input-mean/--input-std" in out
+    assert cli(["verify", mlp, "--data", d, "--float", *src, norm[0], "--vm", "cpython"]) == 2
+    assert "--input-mean and --input-std go together" in capsys.readouterr().err
+    assert cli(["report", mlp, "--data", d, "--float", *src, *norm, "--vm", "cpython", "-o",
+                str(tmp_path / "r.html")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("OK")
+
+
 def test_pickled_module_whose_class_lives_in_the_users_script(data, tmp_path, capsys):
     x, y, xt, yt = data
     script = tmp_path / "train_gesture.py"
