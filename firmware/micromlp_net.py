@@ -59,47 +59,51 @@ _ACC = [0, 0, 0, 0]  # the portable kernel's accumulators, handed to its epilogu
 
 def _linear(x, w, q, y):
     # The portable kernel: rows q[_ROW0]..q[_ROW_END]-1 of y = clamp(round((W x + b) * mult
-    # / 2**shift)), weights of row q[_ROW0] at w[q[_W_OFF]]. 8-bit weights are stored as
-    # u = w + 128, so sum(w x) = sum(u x) - 128 sum(x): plain bytes, no sign
-    # fix per multiply. Four rows share each pass over x, which saves loop steps
-    # and index updates per multiply-add, and a zero input (ReLU makes many)
-    # skips its four multiply-adds; the rest go one row at a time. A wide layer
-    # (16-bit weights and inputs) sums w times each input's high and low byte
-    # apart, so no sum reaches 2**30: acc = b + sum(w (x >> 8)) + (sum(w (x & 255)) >> 8),
-    # which is b + floor(W x / 256).
+    # / 2**shift)), weights of row q[_ROW0] at w[0][q[_W_OFF]]. w is the layer's weights
+    # and views of them one, two and three rows on (made once, see _lanes()), so the four
+    # rows of a pass read their weights at one index k: w1[k] is w0[k + n]. 8-bit
+    # weights are stored as u = w + 128, so sum(w x) = sum(u x) - 128 sum(x): plain
+    # bytes, no sign fix per multiply. Four rows share each pass over x, which saves
+    # loop steps and index updates per multiply-add, and a zero input (ReLU makes
+    # many) skips its four multiply-adds; the last rows of a layer are the four-row
+    # pass ending there (a row computed twice gives the same integers). A wide layer
+    # (16-bit weights and inputs) sums w times each input's high and low byte apart,
+    # so no sum reaches 2**30: acc = b + sum(w (x >> 8)) + (sum(w (x & 255)) >> 8),
+    # which is b + floor(W x / 256). The hot names come first: MicroPython's
+    # bytecode reaches its first 16 locals with shorter instructions.
+    w0, w1, w2, w3 = w
+    k = q[_W_OFF]
+    xv = a0 = a1 = a2 = a3 = 0
     n = q[_N_IN]
+    o = q[_ROW0]
+    end = q[_ROW_END]
     lo = q[_LO]
     hi = q[_HI]
     bias = q[_HAS_BIAS]
-    o = q[_ROW0]
-    end = q[_ROW_END]
-    k = q[_W_OFF]
-    s = 0
-    if q[_W_ZERO]:
-        for xv in x:
-            s += xv
-        s *= q[_W_ZERO]
+    s = sum(x) * q[_W_ZERO] if q[_W_ZERO] else 0  # (a sum the proof covers)
     lm = q[_SLOPE_M]
     ls = q[_SLOPE_S]
     lr = q[_SLOPE_RND]
     lf = q[_SLOPE_FLOOR]
-    n2 = n + n
-    n3 = n2 + n
     acc = _ACC
     wide = q[_WIDE]
+    four = not wide and end - o > 3  # four-row passes, to the last row
     while o < end:
+        if four and o + 3 >= end:  # the last rows: the pass ending at end
+            k -= (o + 4 - end) * n
+            o = end - 4
         j = _Q + 4 * o
         if wide:
             a0 = q[j] if bias else 0
             a1 = 0
             for xv in x:
-                wv = w[k]
+                wv = w0[k]
                 a0 += wv * (xv >> 8)
                 a1 += wv * (xv & 255)
                 k += 1
             acc[0] = a0 + (a1 >> 8)
             rows = 1
-        elif o + 3 < end:
+        elif four:
             a0 = a1 = a2 = a3 = -s
             if bias:
                 a0 += q[j]
@@ -108,21 +112,21 @@ def _linear(x, w, q, y):
                 a3 += q[j + 12]
             for xv in x:
                 if xv:
-                    a0 += w[k] * xv
-                    a1 += w[k + n] * xv
-                    a2 += w[k + n2] * xv
-                    a3 += w[k + n3] * xv
+                    a0 += w0[k] * xv
+                    a1 += w1[k] * xv
+                    a2 += w2[k] * xv
+                    a3 += w3[k] * xv
                 k += 1
             acc[0] = a0
             acc[1] = a1
             acc[2] = a2
             acc[3] = a3
-            k += n3
+            k += 3 * n
             rows = 4
         else:
             a0 = (q[j] if bias else 0) - s
             for xv in x:
-                a0 += w[k] * xv
+                a0 += w0[k] * xv
                 k += 1
             acc[0] = a0
             rows = 1
@@ -201,6 +205,12 @@ def _float():
 
 
 KERNELS = ("viper", "native", "portable")
+
+
+def _lanes(w, n):
+    # The bytecode kernels' weights: w and views of it one, two and three rows of n on
+    v = memoryview(w)
+    return (w, v[n:], v[n + n:], v[3 * n:])
 
 
 def _kernel(name, wsize):
@@ -291,7 +301,8 @@ class Net:
     def _ready(self):
         # Each layer's kernel call, gathered once its weights are in place; for viper
         # with 8-bit weights in RAM, the whole network as one call (micromlp_viper.net8)
-        self.plan = tuple([(layer.fn, layer.w, layer.q, layer.y) for layer in self.layers])
+        self.plan = tuple([(layer.fn, self._weights(layer, layer.w), layer.q, layer.y)
+                           for layer in self.layers])
         self.net8 = None
         if self.kernel == "viper" and self.stream is None and all(
                 [layer.wsize == 1 for layer in self.layers]):
@@ -300,6 +311,10 @@ class Net:
                 flat += [layer.w, layer.q, layer.y]
             self.net8 = tuple(flat)
         return self
+
+    def _weights(self, layer, w):
+        # the weights argument of layer's kernel: viper takes w, the others _lanes(w)
+        return w if w is None or self.kernel == "viper" else _lanes(w, layer.n_in)
 
     def __repr__(self):
         return "Net(%s)" % ", ".join([repr(layer) for layer in self.layers])
@@ -335,19 +350,23 @@ class Net:
         return _fast.net8()
 
     def _infer(self, x):
-        # Clamp inputs to the declared range: the overflow proof assumes it.
+        # Clamp inputs to the declared range: the overflow proof assumes it. The
+        # bytecode kernels take an array of ints already in range as it is (min and
+        # max run in C: no copy, and no bytecode loop over the inputs).
         if len(x) != self.n_inputs:
             raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
-        self.prep(x, self.x, self.bounds, self.lim)
+        if not (self.fast is None and type(x) is array and type(x[0]) is int
+                and min(x) >= self.in_lo and max(x) <= self.in_hi):
+            self.prep(x, self.x, self.bounds, self.lim)
+            x = self.x
         _lock()
-        self._layers()
+        self._layers(x)
         _unlock()
 
-    def _layers(self):
+    def _layers(self, xq):
         if self.net8:  # the inputs are clamped into self.x already
-            self._net8(self.x)
+            self._net8(xq)
             return
-        xq = self.x
         if self.stream is None:
             for fn, w, q, y in self.plan:
                 fn(xq, w, q, y)
@@ -365,14 +384,16 @@ class Net:
         n_out = layer.n_out
         row_bytes = layer.n_in * layer.wsize
         rows = self.chunk_bytes // row_bytes
-        w = self.chunk8 if layer.wsize == 1 else self.chunk16
+        w = layer.chunk  # the kernel's view of the buffer (see streaming)
         o = 0
         while o < n_out:
             end = o + rows
             if end > n_out:
                 end = n_out
+                if end - o < 4 <= n_out:  # read four rows: the kernel's four-row pass
+                    o = end - 4
             f.seek(layer.w_pos + o * row_bytes)
-            f.readinto(w)
+            f.readinto(layer.chunk_buf)
             q[_ROW0] = o
             q[_ROW_END] = end
             layer.fn(x, w, q, layer.y)
@@ -459,5 +480,8 @@ def streaming(net, f, chunk):
     net.chunk_bytes = max(chunk, 4 * widest)  # four rows: what the kernels take at once
     net.chunk8 = bytearray(net.chunk_bytes) if sizes & 1 else None
     net.chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
+    for layer in net.layers:
+        layer.chunk_buf = net.chunk8 if layer.wsize == 1 else net.chunk16
+        layer.chunk = net._weights(layer, layer.chunk_buf)
     net.stream = f
     return net._ready()

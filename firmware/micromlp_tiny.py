@@ -49,7 +49,7 @@ def _exec(name, g):
         for c in code:
             exec(c, g)
         return g
-    keep = _compile and getattr(gc, "mem_free", _big)() >= 32768
+    keep = _compile and getattr(gc, "mem_free", _big)() >= 65536
     code = []
     f = open(_HERE + name)
     lines = []
@@ -57,6 +57,8 @@ def _exec(name, g):
         line = f.readline()
         if lines and (not line or line[0] not in " \t\n#"
                       and line[:4] not in ("exce", "else", "fina", "elif")):
+            if not keep and getattr(gc, "mem_free", _big)() < 32768:
+                gc.collect()
             s = "".join(lines)
             lines = []
             if keep:
@@ -88,5 +90,8 @@ def load(src, stream=False):
     net = _exec("micromlp_tiny_run.py", {})["Net"]
     net = net(_exec("micromlp_tiny_fill.py", {"src": src, "d": d})["d"])
     if roomy:  # the float API and the four-row loop; a micro:bit v1 has no heap for them
-        _exec("micromlp_tiny_float.py", {"net": net})
+        try:
+            _exec("micromlp_tiny_float.py", {"net": net})
+        except MemoryError:  # no room to compile it after all: ints and the plain loop
+            gc.collect()  # (what it attached before that works as well)
     return net

@@ -161,39 +161,39 @@ _ACC_N = [0, 0, 0, 0]  # linear_native's accumulators
 def linear_native(x, w, q, y):
     # micromlp_net._linear, line for line, compiled to machine code (about 1.8x
     # faster); tests/test_kernels.py checks that the two stay identical.
+    w0, w1, w2, w3 = w
+    k = q[_W_OFF]
+    xv = a0 = a1 = a2 = a3 = 0
     n = q[_N_IN]
+    o = q[_ROW0]
+    end = q[_ROW_END]
     lo = q[_LO]
     hi = q[_HI]
     bias = q[_HAS_BIAS]
-    o = q[_ROW0]
-    end = q[_ROW_END]
-    k = q[_W_OFF]
-    s = 0
-    if q[_W_ZERO]:
-        for xv in x:
-            s += xv
-        s *= q[_W_ZERO]
+    s = sum(x) * q[_W_ZERO] if q[_W_ZERO] else 0  # (a sum the proof covers)
     lm = q[_SLOPE_M]
     ls = q[_SLOPE_S]
     lr = q[_SLOPE_RND]
     lf = q[_SLOPE_FLOOR]
-    n2 = n + n
-    n3 = n2 + n
     acc = _ACC_N
     wide = q[_WIDE]
+    four = not wide and end - o > 3  # four-row passes, to the last row
     while o < end:
+        if four and o + 3 >= end:  # the last rows: the pass ending at end
+            k -= (o + 4 - end) * n
+            o = end - 4
         j = _Q + 4 * o
         if wide:
             a0 = q[j] if bias else 0
             a1 = 0
             for xv in x:
-                wv = w[k]
+                wv = w0[k]
                 a0 += wv * (xv >> 8)
                 a1 += wv * (xv & 255)
                 k += 1
             acc[0] = a0 + (a1 >> 8)
             rows = 1
-        elif o + 3 < end:
+        elif four:
             a0 = a1 = a2 = a3 = -s
             if bias:
                 a0 += q[j]
@@ -202,21 +202,21 @@ def linear_native(x, w, q, y):
                 a3 += q[j + 12]
             for xv in x:
                 if xv:
-                    a0 += w[k] * xv
-                    a1 += w[k + n] * xv
-                    a2 += w[k + n2] * xv
-                    a3 += w[k + n3] * xv
+                    a0 += w0[k] * xv
+                    a1 += w1[k] * xv
+                    a2 += w2[k] * xv
+                    a3 += w3[k] * xv
                 k += 1
             acc[0] = a0
             acc[1] = a1
             acc[2] = a2
             acc[3] = a3
-            k += n3
+            k += 3 * n
             rows = 4
         else:
             a0 = (q[j] if bias else 0) - s
             for xv in x:
-                a0 += w[k] * xv
+                a0 += w0[k] * xv
                 k += 1
             acc[0] = a0
             rows = 1

@@ -381,7 +381,10 @@ def _heap_ok(workdir: Path, form: str, heap: int, check: str) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == "True"
 
 
-MONOTONE_WINDOW = 4096  # min_heap checks every 256-byte step this far above its answer
+# min_heap checks every 256-byte step this far above its answer, then every 512 bytes up
+# to MONOTONE_WINDOW above (the tiny engine's thresholds made failures 20-30 KB above)
+MONOTONE_FINE = 4096
+MONOTONE_WINDOW = 65536
 
 
 _RESIDENT = "import gc\ngc.collect()\nstart = gc.mem_alloc()\n{load}{check}" \
@@ -401,7 +404,7 @@ def _resident(workdir: Path, form: str, check: str) -> int:
 
 def min_heap(model_path: Path, model: QuantModel, form: str) -> tuple[int, int]:
     """Smallest `micropython -X heapsize` (bytes, 256-byte steps) from which every
-    larger size (checked up to MONOTONE_WINDOW above) loads and runs the model
+    larger size (checked up to MONOTONE_WINDOW above, see there) loads and runs the model
     correctly in this form, with the engine as .mpy and the portable kernel (forms
     "tiny*": the cut-down engine, as .mpy); and the heap in use after that load and
     run (what is left for the rest of a program, in a large heap)."""
@@ -437,11 +440,13 @@ def min_heap(model_path: Path, model: QuantModel, form: str) -> tuple[int, int]:
             else:
                 lo = mid
         # The smallest working heap is not monotone (a larger one can fail where a
-        # smaller one passed: the collector runs at other moments): move up past every
-        # failure in the 4 KB above, so that every size from the answer up passes.
+        # smaller one passed: the collector runs at other moments, a threshold switches
+        # something on): move up past every failure in the window above, so that every
+        # size from the answer up passes.
         while True:
-            fails = [h for h in range(hi + 256, hi + MONOTONE_WINDOW + 1, 256)
-                     if not _heap_ok(tmp, form, h, check)]
+            sizes = list(range(hi + 256, hi + MONOTONE_FINE + 1, 256)) + list(
+                range(hi + MONOTONE_FINE + 512, hi + MONOTONE_WINDOW + 1, 512))
+            fails = [h for h in sizes if not _heap_ok(tmp, form, h, check)]
             if not fails:
                 return hi, resident
             hi = max(fails) + 256
@@ -582,7 +587,8 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
     if heap:
         notes.append(
             f"smallest `-X heapsize` from which every larger one (checked in 256-byte steps "
-            f"up to {MONOTONE_WINDOW} B above) loads and runs it (unix port, 64-bit, engine "
+            f"up to {MONOTONE_FINE} B above, 512-byte ones up to {MONOTONE_WINDOW} B above) "
+            f"loads and runs it (unix port, 64-bit, engine "
             f".mpy, portable kernel; tiny: the cut-down engine deploy sends to small boards): "
             f"{heap}"
         )

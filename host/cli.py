@@ -455,8 +455,9 @@ what deploy sends to a board that takes .mpy) the import reads bytecode. The tin
 engine's first load compiles its loader scripts on the board (on WASI much of that
 fuel is the byte-by-byte `readline` of the scripts through WASI calls); *again* is a
 later load, where the port has `compile()` and room to keep the compiled statements (a
-micro:bit has neither: each load compiles them); the tiny engine also asks
-`gc.mem_free()` once per load, which scans the whole heap (8 MB in these runs). On the
+micro:bit has neither: each load compiles them). Both engines ask `gc.mem_free()` once
+per load (the full engine to collect on a small heap once its reader is dropped),
+which scans the whole heap: 8 MB in these runs, much of *again*. On the
 emulated micro:bit, which does not model time, what counts is RAM: see the README.
 
 """

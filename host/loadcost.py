@@ -92,8 +92,8 @@ def _fuel(model_path: Path, engine: str, opts: str, n_in: int, n_out: int) -> tu
         for key, loads, runs in (("base", 0, 0), ("one", 1, 0), ("two", 2, 0), ("run", 1, 4)):
             code = _FUEL.format(n_in=n_in, n_out=n_out, loads=loads, runs=runs,
                                 opts=", " + opts if opts else "")
-            # 8 MB: no collection in these few loads (see wasi.py), and gc.mem_free (the
-            # tiny engine asks it) scans the whole heap: a huge one would dominate
+            # 8 MB: no collection in these few loads (see wasi.py), and gc.mem_free (both
+            # engines ask it) scans the whole heap: a huge one would dominate
             fuel[key] = vms.wasm_run(code, readonly_dir=tmp, heapsize="8M").fuel_used
     return (fuel["one"] - fuel["base"], fuel["two"] - fuel["one"],
             (fuel["run"] - fuel["one"]) / 4)
