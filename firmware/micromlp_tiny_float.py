@@ -76,7 +76,8 @@ net.dequantize = dequantize
 net.probabilities = probabilities
 
 
-acc = [0, 0, 0, 0]  # the four rows' sums, handed to the requantizer
+acc = [0, 0, 0, 0]  # the four rows' sums (one: a row's), handed to the requantizer
+one = [0]
 
 
 def lanes(layer):  # a layer's weights one, two and three rows on: w1[k] is w[k + n]
@@ -124,17 +125,16 @@ def layers(x=None):
                 acc[1] = a1
                 acc[2] = a2
                 acc[3] = a3
-                rows = 4
+                rows = acc
             else:
                 a0 = (b[o] if b else 0) - t
                 for v in x:
                     if v:
                         a0 += w[k] * v
                     k += 1
-                acc[0] = a0
-                rows = 1
-            for r in range(rows):  # requantize as micromlp_tiny_run.net_layers does
-                a = acc[r]
+                one[0] = a0
+                rows = one
+            for a in rows:  # requantize as micromlp_tiny_run.net_layers does
                 sh = s[o]
                 if sh < 15:
                     a = (a * m[o] + ((1 << sh) >> 1)) >> sh

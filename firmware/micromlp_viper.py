@@ -154,6 +154,7 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
         o += 1
 
 
+_ACC_N1 = [0]
 _ACC_N = [0, 0, 0, 0]  # linear_native's accumulators
 
 
@@ -176,6 +177,7 @@ def linear_native(x, w, q, y):
     lr = q[_SLOPE_RND]
     lf = q[_SLOPE_FLOOR]
     acc = _ACC_N
+    one = _ACC_N1
     wide = q[_WIDE]
     four = not wide and end - o > 3  # four-row passes, to the last row
     while o < end:
@@ -191,8 +193,8 @@ def linear_native(x, w, q, y):
                 a0 += wv * (xv >> 8)
                 a1 += wv * (xv & 255)
                 k += 1
-            acc[0] = a0 + (a1 >> 8)
-            rows = 1
+            one[0] = a0 + (a1 >> 8)
+            rows = one
         elif four:
             a0 = a1 = a2 = a3 = -s
             if bias:
@@ -212,20 +214,19 @@ def linear_native(x, w, q, y):
             acc[2] = a2
             acc[3] = a3
             k += 3 * n
-            rows = 4
+            rows = acc
         else:
             a0 = (q[j] if bias else 0) - s
             for xv in x:
                 a0 += w0[k] * xv
                 k += 1
-            acc[0] = a0
-            rows = 1
+            one[0] = a0
+            rows = one
         # Requantize: round half up ((v + 2**(shift-1)) >> shift; >> floors), clamp.
         # From shift 15 on, v splits at bit 15 so no product reaches 2**30:
         # v * m + 2**(sh-1) == ((v >> 15) * m + r) * 2**15 + (v & 32767) * m + r_lo,
         # r = 2**(sh-16) (0 at sh 15) from q, r_lo = 2**14 at sh 15 (else 0).
-        for t in range(rows):
-            v = acc[t]
+        for v in rows:
             m = q[j + 1]
             r = q[j + 2]
             sh = q[j + 3]

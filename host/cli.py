@@ -429,8 +429,8 @@ nets out a block freed at once; *heap block/inf* catches those too: with
 before ("none": no block at all, not even a bytecode frame; no `heap_lock` is involved
 on viper's one-call path). The smallest heap is searched over `micropython -X
 heapsize=N` on the unix port (objects are 64-bit: a 32-bit board needs less), and moved
-up past every failing size in the 4 KB above, since the smallest working heap is not
-monotone.
+up past every failing size in the 64 KB above (every 256 bytes up to 4 KB, then every
+512), since the smallest working heap is not monotone.
 
 """
 

@@ -171,13 +171,13 @@ def test_tiny_engine_uses_module_weights_in_place(digits, tmp_path):
 def test_fuel_per_multiply_add_on_the_32bit_wasi_port(digits):
     # Fuel is wasmtime's count of executed WebAssembly instructions: deterministic, so
     # a bound on it cannot flake with machine load. Random in-range (dense) inputs, the
-    # README's digits model: the tiny engine's target, and the portable kernel's figure
-    # (1,296 before its four rows read their weights from views one row apart).
+    # README's digits model: just above what they cost now (both were 1,296 before the
+    # four rows of a pass read their weights from views one row apart).
     from micromlp.host.bench import bench
 
     _, ex = digits
     rep = bench(ex.paths["mlp"], vms=("wasm",), heap=False, progress=False)
     fuel = {(r.kernel, r.stream): r.fuel_per_mac for r in rep.runs}
-    assert fuel[("tiny", False)] <= 1100
-    assert fuel[("portable", False)] <= 1125
-    assert fuel[("portable", True)] <= 1140
+    assert fuel[("tiny", False)] <= 1085  # the target: 1,100
+    assert fuel[("portable", False)] <= 1105
+    assert fuel[("portable", True)] <= 1120
