@@ -39,9 +39,10 @@ except NameError:  # the micro:bit has no compile(): its statements are compiled
 def _exec(name, g):
     # Run a script one top-level statement at a time in namespace g, and return g.
     # A statement's lines are joined once (not grown line by line, which leaves a
-    # heap of partial copies). On a small heap a collection before each exec
-    # leaves the parser the largest free blocks; a large heap keeps the compiled
-    # statements for the next load, where the port has compile().
+    # heap of partial copies). On a small heap a collection before the join and
+    # one before each exec leave them the largest free blocks; a heap with 64 KB
+    # free keeps the compiled statements for the next load, where the port has
+    # compile() (with less, keeping them all runs a heap of ~50 KB out).
     import gc
 
     code = _CODE.get(name)
