@@ -63,6 +63,12 @@ def layer_size(n_in: int, n_out: int, w_bits: int, has_bias: bool) -> int:
     )
 
 
+def file_version(model: QuantModel) -> int:
+    """The format version a model is written in: 2 where a layer is wide, else 1 (which
+    older readers and the tiny engine read)."""
+    return 2 if any(layer.wide for layer in model.layers) else 1
+
+
 def to_bytes(model: QuantModel) -> bytes:
     """Serialize a quantized model; asserts the layout as it writes."""
     body = bytearray()
@@ -105,7 +111,7 @@ def to_bytes(model: QuantModel) -> bytes:
     fsize = HEADER_SIZE + len(body) + 4
     head = _HEADER.pack(
         MAGIC,
-        2 if any(layer.wide for layer in model.layers) else 1,
+        file_version(model),
         HEADER_SIZE,
         fsize,
         len(model.layers),

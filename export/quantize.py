@@ -27,6 +27,7 @@ from .qmodel import (
     SLOPE_LIMIT,
     SMALL_INT,
     SPLIT_SHIFT,
+    WIDE_SHIFT,
     QuantLayer,
     QuantModel,
     wide_sums_bound,
@@ -376,7 +377,7 @@ def quantize(
 
         wmax = (1 << (opts.weight_bits - 1)) - 1
         wide = full16 and x_max * wmax * spreads[i] >= SMALL_INT // 2
-        scale_acc = 256 if wide else 1  # a bias and acc unit, in products w * x
+        scale_acc = 1 << WIDE_SHIFT if wide else 1  # a bias and acc unit, in products w * x
         row_max = np.abs(layer.weight).max(axis=1)
         # Fit the weight grid: per row, |acc| <= wmax * (sum|w|/max|w| * max|x| +
         # |b| / (s_x max|w|)); keep that under 0.9 * 2**30 (the rest absorbs rounding).
@@ -384,7 +385,7 @@ def quantize(
         # of their low bytes (up to 255 each) stay under the same limit.
         safe = np.where(row_max > 0, row_max, 1.0)
         spread = np.abs(layer.weight).sum(axis=1) / safe
-        cost = spread * (((x_max + 255) >> 8) if wide else x_max)
+        cost = spread * (((x_max + 255) >> WIDE_SHIFT) if wide else x_max)
         if layer.bias is not None:
             cost = cost + np.abs(layer.bias) / (s_x * safe * scale_acc)
         if wide:

@@ -205,9 +205,6 @@ def _float():
     return _FLOAT
 
 
-KERNELS = ("viper", "native", "portable")
-
-
 def _lanes(w, n):
     # The bytecode kernels' weights: w and views of it one, two and three rows of n on
     v = memoryview(w)
@@ -215,13 +212,9 @@ def _lanes(w, n):
 
 
 def _kernel(name, wsize):
-    # The kernel function for a layer: name None picks the fastest this port has.
-    if name is None:
-        name = "viper" if _fast else "portable"
+    # The kernel function for a layer (micromlp.load has checked the name).
     if name == "portable":
         return _linear
-    if name not in KERNELS:
-        raise ValueError("unknown kernel %r, expected one of %r" % (name, KERNELS))
     if _fast is None:
         raise ValueError("kernel %r needs micromlp_viper.py and a port with viper" % name)
     if name == "viper":
@@ -441,16 +434,11 @@ class Net:
             self.stream = None
 
 
-def _pick(kernel):
-    if kernel is None:
-        return "viper" if _fast else "portable"
-    _kernel(kernel, 1)  # raises for an unknown or unavailable kernel
-    return kernel
-
-
 def build(parts, kernel, bits):
-    # The Net from micromlp_load.read's parts; bits: the port's word size.
-    kernel = _pick(kernel)
+    # The Net from micromlp_load.read's parts; kernel None: the fastest this port has;
+    # bits: the port's word size.
+    if kernel is None:
+        kernel = "viper" if _fast else "portable"
     layers = []
     for q, w, w_pos, wsize, relu in parts[0]:
         layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel == "viper")
@@ -479,10 +467,10 @@ def streaming(net, f, chunk):
         widest = max(widest, layer.n_in * layer.wsize)
         sizes |= layer.wsize
     net.chunk_bytes = max(chunk, 4 * widest)  # four rows: what the kernels take at once
-    net.chunk8 = bytearray(net.chunk_bytes) if sizes & 1 else None
-    net.chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
-    for layer in net.layers:
-        layer.chunk_buf = net.chunk8 if layer.wsize == 1 else net.chunk16
+    chunk8 = bytearray(net.chunk_bytes) if sizes & 1 else None
+    chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
+    for layer in net.layers:  # each layer's buffer, and its kernel's view of it
+        layer.chunk_buf = chunk8 if layer.wsize == 1 else chunk16
         layer.chunk = net._weights(layer, layer.chunk_buf)
     net.stream = f
     return net._ready()

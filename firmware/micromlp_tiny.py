@@ -88,11 +88,11 @@ def load(src, stream=False):
     # the runtime is compiled before the arrays fragment the heap; Net is called
     # here rather than in a script: a micro:bit's stack is short
     roomy = getattr(gc, "mem_free", _big)() > 16384  # not a micro:bit v1
-    net = _exec("micromlp_tiny_run.py", {})["Net"]
-    net = net(_exec("micromlp_tiny_fill.py", {"src": src, "d": d})["d"])
+    run = _exec("micromlp_tiny_run.py", {})
+    net = run["Net"](_exec("micromlp_tiny_fill.py", {"src": src, "d": d})["d"])
     if roomy:  # the float API and the four-row loop; a micro:bit v1 has no heap for them
         try:
-            _exec("micromlp_tiny_float.py", {"net": net})
+            _exec("micromlp_tiny_float.py", {"net": net, "run": run})
         except MemoryError:  # no room to compile it after all: ints and the plain loop
             gc.collect()  # (what it attached before that works as well)
     return net

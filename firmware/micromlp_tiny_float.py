@@ -1,5 +1,6 @@
 # micromlp_tiny_float: what the tiny engine adds where the heap has room, a script
-# load() runs (a statement at a time) in a namespace holding net. Floats in and out:
+# load() runs (a statement at a time) in a namespace holding net (and run, the
+# namespace micromlp_tiny_run.py left). Floats in and out:
 # net.inputs, quantize, predict_float, dequantize and probabilities, the same API
 # and the same integers as micromlp.py's (docs/format.md), in plain ints; they
 # allocate (floats are heap objects on small ports). And the layer loop with the
@@ -148,12 +149,8 @@ def layers(x=None):
         x = y
 
 
-try:  # the layer loop's frame stays off the heap while it is locked
-    from micropython import heap_lock as _lock, heap_unlock as _unlock  # noqa: I001
-except ImportError:
-    def _lock():
-        pass
-    _unlock = _lock
+_lock = run["_lock"]  # micromlp_tiny_run's heap lock (the layer loop's frame stays
+_unlock = run["_unlock"]  # off the heap while it is locked)
 plain_in = net._in
 
 

@@ -36,6 +36,13 @@ class RunResult:
     vm: str = "reference"
 
 
+def _vm_names(names: tuple[str, ...] | str) -> tuple[str, ...]:
+    """VM names as a tuple, from a tuple or a comma-separated string."""
+    if isinstance(names, str):
+        return tuple(v.strip() for v in names.split(","))
+    return tuple(names)
+
+
 class Exported:
     """A fixed-point model (with its files, and the float model it came from if known)."""
 
@@ -96,11 +103,8 @@ class Exported:
         max_accuracy_drop (a fraction) or top-1 agreement below min_agreement. With
         layers, .layers says where the error comes from, layer by layer.
         """
-        source = self.source if float_model is None else load_source(float_model)
-        names = tuple(v.strip() for v in vms.split(",")) if isinstance(vms, str) else tuple(
-            vms)
-        return verify_arrays(self.mlp_path(), x, y, source, names, max_accuracy_drop,
-                             min_agreement, layers)
+        return verify_arrays(self.mlp_path(), x, y, self._float_source(float_model),
+                             _vm_names(vms), max_accuracy_drop, min_agreement, layers)
 
     def report(self, x, y=None, out: str | Path = "report.html",
                vms: tuple[str, ...] | str = vms.FIRMWARE_VMS, float_model=None) -> Path:
@@ -108,12 +112,15 @@ class Exported:
         verify checks, per layer, with plots (micromlp report)."""
         from .report_page import build
 
-        source = self.source if float_model is None else load_source(float_model)
+        source = self._float_source(float_model)
         if source is None:
             raise ExportError("the report needs the float model (float_model=...)")
-        names = tuple(v.strip() for v in vms.split(",")) if isinstance(vms, str) else tuple(
-            vms)
-        return build(self.mlp_path(), x, y, source, out, names)[0]
+        return build(self.mlp_path(), x, y, source, out, _vm_names(vms))[0]
+
+    def _float_source(self, float_model):
+        # the float model verify and report compare with: the one this was exported
+        # from unless another is given (any form export takes)
+        return self.source if float_model is None else load_source(float_model)
 
     def run(self, x, vm: str = "reference", ints: bool = False,
             what: str = "inputs") -> RunResult:

@@ -160,7 +160,7 @@ def do_inspect(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"{args.model}: micromlp format v{2 if any(ly.wide for ly in model.layers) else 1}, "
+            f"{args.model}: micromlp format v{modelfile.file_version(model)}, "
             f"{Path(args.model).stat().st_size} bytes, CRC ok"
         )
         print(layer_table(model))

@@ -134,13 +134,20 @@ def test_state_dict_with_the_class_from_the_users_file(data, user_net, net_file,
     _check(q, xt, yt, _torch_classes(user_net, xt))
 
 
-def test_state_dict_of_a_plain_sequential_with_arch(data, tmp_path):
-    x, y, xt, yt = data
+def _normalized_seq(x, y, path, seed):
+    """A plain Sequential trained on normalized inputs, its state dict saved at path;
+    returns it with the normalization (mean, std)."""
     mean, std = x.mean(0), x.std(0) + 1
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     seq = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
     _train(seq, (x - mean) / std, y)
-    torch.save(seq.eval().state_dict(), tmp_path / "seq.pth")
+    torch.save(seq.eval().state_dict(), path)
+    return seq, mean, std
+
+
+def test_state_dict_of_a_plain_sequential_with_arch(data, tmp_path):
+    x, y, xt, yt = data
+    seq, mean, std = _normalized_seq(x, y, tmp_path / "seq.pth", seed=1)
     q = micromlp.export(tmp_path / "seq.pth", calib=x, out=None, arch="64,16,10",
                         input_mean=mean, input_std=std)
     _check(q, xt, yt, _torch_classes(seq, (xt - mean) / std))
@@ -149,16 +156,11 @@ def test_state_dict_of_a_plain_sequential_with_arch(data, tmp_path):
         micromlp.export(tmp_path / "seq.pth", calib=x, out=None, arch="64,20,10")
 
 
-
 def test_cli_verify_and_report_take_the_float_models_normalization(data, tmp_path, capsys):
     # a state dict trained on normalized inputs, the normalization given on the command
     # line: export folds it in, and verify/report must feed the float model the same
     x, y, xt, yt = data
-    mean, std = x.mean(0), x.std(0) + 1
-    torch.manual_seed(2)
-    seq = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
-    _train(seq, (x - mean) / std, y)
-    torch.save(seq.eval().state_dict(), tmp_path / "seq.pth")
+    _, mean, std = _normalized_seq(x, y, tmp_path / "seq.pth", seed=2)
     np.savez(tmp_path / "d.npz", X_train=x, X_test=xt, y_test=yt)
     norm = ["--input-mean=" + ",".join(f"{v:.17g}" for v in mean),
             "--input-std=" + ",".join(f"{v:.17g}" for v in std)]
