@@ -7,6 +7,8 @@ bit-exact, on MicroPython boards.
     print(micromlp.format_report(q.verify(X_test, y_test)))
 """
 
+import sys
+import types
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -14,20 +16,36 @@ try:
 except PackageNotFoundError:  # running from a checkout that is not installed
     __version__ = "0+unknown"
 
+_API = ("export", "load", "finetune", "Exported", "RunResult", "format_report")
+
 
 def __getattr__(name):
     # the API pulls in torch and onnx: import it on first use, so `micromlp --help`
     # and the firmware tools stay quick
-    if name == "export":  # the exporter package, which is callable: export(model, ...)
-        import importlib
-
-        return importlib.import_module(__name__ + ".export")
-    if name in ("load", "finetune", "Exported", "RunResult", "format_report"):
+    if name in _API:
         from .host import api
 
-        return getattr(api, name)
-    raise AttributeError(f"module 'micromlp' has no attribute {name!r}")
+        value = getattr(api, name)
+    elif name == "ExportError":
+        from .export.layers import ExportError as value
+    else:
+        raise AttributeError(f"module 'micromlp' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
+
+class _Package(types.ModuleType):
+    # micromlp.export is the export function (help() shows its parameters), though the
+    # exporter package micromlp.export shares its name: importing that package would
+    # bind it here, so the binding is refused (`from micromlp.export import X` still
+    # finds the package in sys.modules).
+    def __setattr__(self, name, value):
+        if name == "export" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = ["export", "finetune", "load", "Exported", "RunResult", "format_report",
-           "__version__"]
+           "ExportError", "__version__"]

@@ -43,28 +43,58 @@ def load_xy(path: str | Path, split: str = "test", label_column: str | int | Non
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise ExportError(f"{path}: cannot be read ({one_line(e)})") from None
-    return check_inputs(x, str(path)), None if y is None else np.asarray(y).reshape(-1)
+    # checked here, flattened where they are used (check_inputs again, which notes it)
+    return check_inputs(x, str(path)).reshape(np.shape(x)), (
+        None if y is None else targets_of(y))
 
 
-def check_inputs(x, what: str, n_features: int | None = None) -> np.ndarray:
-    """x as a finite float64 [n, features] array, or a named error."""
+def targets_of(y) -> np.ndarray:
+    """y as [n] (class labels, one target) or [n, k] (k regression targets)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1:
+        return y
+    return y.reshape(-1)
+
+
+def check_inputs(x, what: str, n_features: int | None = None,
+                 notes: list[str] | None = None) -> np.ndarray:
+    """x as a finite float64 [n, features] array, or a named error. Samples of any shape
+    (N, ...), images for a model that starts with nn.Flatten, are flattened to rows
+    (with a note in notes)."""
     try:
         x = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise ExportError(f"{what}: inputs are not numbers ({one_line(e)})") from None
+    shape = x.shape
     if x.ndim == 1:
         x = x[None, :]
+    elif x.ndim > 2:
+        x = x.reshape(len(x), -1)
+        if notes is not None and (n_features is None or x.shape[1] == n_features):
+            notes.append(f"{what}: samples of shape {shape[1:]} taken as rows of "
+                         f"{x.shape[1]} values (flattened, as nn.Flatten does)")
     if x.ndim != 2:
         raise ExportError(f"{what}: inputs have shape {x.shape}, expected [samples, features]")
     if n_features is not None and x.shape[1] != n_features:
-        raise ExportError(f"{what}: rows have {x.shape[1]} values, the model takes "
-                          f"{n_features}")
+        per = "rows have" if len(shape) <= 2 else f"samples of shape {shape[1:]} have"
+        raise ExportError(f"{what}: {per} {x.shape[1]} values, the model takes "
+                          f"{n_features}{_extra_column_hint(x, n_features)}")
     bad = ~np.isfinite(x)
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise ExportError(f"{what}: row {r}, column {c} is {x[r, c]} (NaN and infinity are "
                           f"not inputs); {int(bad.sum())} such values in all")
     return x
+
+
+def _extra_column_hint(x: np.ndarray, n_features: int) -> str:
+    """Why a file might hold one value too many per row."""
+    if x.shape[1] != n_features + 1:
+        return ""
+    if len(x) > 1 and np.array_equal(x[:, 0], np.arange(len(x)) + x[0, 0]):
+        return ("; its first column counts 0, 1, 2, ...: a pandas index? "
+                "(DataFrame.to_csv(index=False) leaves it out)")
+    return "; one too many: if a column is the label, name it with --label-column"
 
 
 def _from_npz(path: Path, split: str):

@@ -182,8 +182,9 @@ def export_model(
         raise ExportError("calibration data is needed: calib=X_train (raw inputs, as the "
                           "board will see them)")
     calib_name = str(calib) if isinstance(calib, (str, Path)) else "calibration data"
-    x = load_calibration(calib) if isinstance(calib, (str, Path)) else check_inputs(
-        calib, "calibration data")
+    data_notes: list[str] = []
+    x = check_inputs(load_calibration(calib) if isinstance(calib, (str, Path)) else calib,
+                     calib_name, src.layers[0].n_in, data_notes)
     mean = src.mean if mean is None else mean
     std = src.std if std is None else std
     if mean is not None and std is not None:
@@ -201,7 +202,8 @@ def export_model(
     qmodel = quantize_layers(src.layers, x, opts, mean, std)
     qmodel.meta.update(source=src.name or type(model).__name__, kind=src.kind,
                        calibration=calib_name,
-                       notes=src.notes + qat_note + qmodel.meta.get("notes", []),
+                       notes=src.notes + data_notes + qat_note
+                       + qmodel.meta.get("notes", []),
                        info=src.info)
     paths = write(qmodel, out_dir, name, mpy) if out_dir is not None else {}
     return ExportResult(qmodel, paths, src)

@@ -13,7 +13,8 @@ import numpy as np
 SUPPORTED = (
     "Linear (with or without bias), ReLU, ReLU6, Hardtanh, LeakyReLU, BatchNorm1d after a "
     "Linear, "
-    "Identity, Dropout, Flatten, and a trailing Softmax/LogSoftmax (dropped: argmax is the same)"
+    "Identity, Dropout, Flatten, and a trailing Softmax/LogSoftmax/Sigmoid (dropped: the "
+    "class is the same)"
 )
 
 

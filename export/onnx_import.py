@@ -160,6 +160,14 @@ def _constant_op(node, op, a, ins, consts, other, where) -> None:
                           f"{SUPPORTED_OPS}")
 
 
+def _const(consts: dict, name: str, where: str, role: str) -> np.ndarray:
+    """A float constant the chain folds, or a one-line refusal naming the node."""
+    if name not in consts:
+        raise ExportError(f"{where}: {role} '{name}' is not a float constant (a graph input, "
+                          f"or an integer tensor): only float constants can be folded")
+    return consts[name]
+
+
 def _chain_op(b: ChainBuilder, node, op, a, ins, consts, where, cur, graph_input) -> None:
     """One op of the MLP's chain."""
     name = node.name or node.output[0]
@@ -181,7 +189,11 @@ def _chain_op(b: ChainBuilder, node, op, a, ins, consts, where, cur, graph_input
             c = consts.get(node.input[2])
             if c is None:
                 raise ExportError(f"{where}: bias C is not a constant")
-            bias = float(a.get("beta", 1.0)) * np.broadcast_to(c, (1, w.shape[0]))[0]
+            if c.size not in (1, w.shape[0]) or c.ndim > 2 or c.ndim == 2 and c.shape[0] != 1:
+                raise ExportError(f"{where}: bias C has shape {c.shape}, expected one value "
+                                  f"per output ({w.shape[0]}) or a scalar")
+            bias = float(a.get("beta", 1.0)) * np.broadcast_to(c.reshape(-1),
+                                                                (w.shape[0],)).copy()
         b.linear(w, bias, name, where)
     elif op == "MatMul":
         w = consts.get(node.input[1])
@@ -190,7 +202,9 @@ def _chain_op(b: ChainBuilder, node, op, a, ins, consts, where, cur, graph_input
         b.linear(w.T.copy(), None, name, where)
     elif op in _ELEMENTWISE:
         k_first = node.input[0] != cur
-        b.elementwise(_ELEMENTWISE[op], consts[node.input[0 if k_first else 1]], where, k_first)
+        operand = node.input[0 if k_first else 1]
+        b.elementwise(_ELEMENTWISE[op], _const(consts, operand, where, "operand"), where,
+                      k_first)
     elif op == "Scaler":  # ai.onnx.ml: y = (x - offset) * scale
         b.elementwise("sub", np.asarray(a.get("offset", [0.0]), np.float64), where)
         b.elementwise("mul", np.asarray(a.get("scale", [1.0]), np.float64), where)
@@ -205,9 +219,9 @@ def _chain_op(b: ChainBuilder, node, op, a, ins, consts, where, cur, graph_input
     elif op == "Clip":
         lo, hi = a.get("min"), a.get("max")
         if len(node.input) > 1 and node.input[1]:
-            lo = float(consts[node.input[1]])
+            lo = float(_const(consts, node.input[1], where, "min"))
         if len(node.input) > 2 and node.input[2]:
-            hi = float(consts[node.input[2]])
+            hi = float(_const(consts, node.input[2], where, "max"))
         b.clip(lo, hi, where)
     elif op == "LeakyRelu":
         b.activation("leaky", where, float(a.get("alpha", 0.01)))

@@ -82,5 +82,6 @@ def source_from_sklearn(est):
     def runtime(x: np.ndarray) -> np.ndarray:
         return est.predict_proba(x) if classifier else est.predict(x)
 
-    return Source(layers, notes, "sklearn", type(est).__name__, runtime=runtime,
-                  runtime_name="scikit-learn", comparable=not classifier)
+    return Source(layers, notes, "sklearn", type(est).__name__,
+                  info={"task": "classification" if classifier else "regression"},
+                  runtime=runtime, runtime_name="scikit-learn", comparable=not classifier)

@@ -115,8 +115,13 @@ def _torch_source(mod, name: str, kind: str, mean=None, std=None, info=None) -> 
 
     from .torch_import import layers_and_notes
 
-    mod = mod.eval()
-    layers, notes = layers_and_notes(mod)
+    with _eval_mode(mod) as switched:
+        layers, notes = layers_and_notes(mod)
+    if switched is not None:
+        which = f" ({', '.join(switched)} in eval mode)" if switched else ""
+        notes.append(f"the model was in training mode: exported in eval mode{which}, as "
+                     f"torch.onnx.export does; your model object is left in training mode")
+    dtype = _float_dtype(mod)
 
     src = Source(layers, notes, kind, name, mean, std, info or {}, None, "PyTorch",
                  not dropped_trailing(notes))
@@ -124,11 +129,44 @@ def _torch_source(mod, name: str, kind: str, mean=None, std=None, info=None) -> 
     def runtime(x: np.ndarray) -> np.ndarray:
         if src.mean is not None and src.std is not None:  # normalization outside the model
             x = (x - src.mean) / src.std
-        with torch.no_grad():
-            return mod(torch.tensor(x, dtype=torch.float32)).double().numpy()
+        with torch.no_grad(), _eval_mode(mod):
+            return mod(torch.tensor(x, dtype=dtype)).double().numpy()
 
     src.runtime = runtime
     return src
+
+
+class _eval_mode:
+    """Eval mode while inside, the user's own training flags restored after: export
+    never leaves the object it was given switched. Yields the kinds of layer that were
+    in training mode whose eval mode differs (Dropout, BatchNorm; None when the model
+    was in eval mode)."""
+
+    def __init__(self, mod) -> None:
+        self.mod = mod
+
+    def __enter__(self) -> list[str] | None:
+        self.flags = [(m, m.training) for m in self.mod.modules()]
+        if not any(training for _, training in self.flags):
+            return None
+        self.mod.eval()
+        kinds = {getattr(m, "original_name", type(m).__name__) for m, t in self.flags if t}
+        return sorted(k for k in kinds if "Dropout" in k or "Norm" in k)
+
+    def __exit__(self, *exc) -> None:
+        for m, training in self.flags:
+            m.training = training
+
+
+def _float_dtype(mod):
+    """The dtype a module computes in: its first floating parameter's (float32 if none),
+    so a float64 model is run in float64."""
+    import torch
+
+    for t in [*mod.parameters(), *mod.buffers()]:
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
 
 
 def _exported_source(ep, name: str) -> Source:
@@ -138,17 +176,38 @@ def _exported_source(ep, name: str) -> Source:
 
     layers, notes = layers_from_exported(ep, name)
     fn = ep.module()
+    dtype, batch = _exported_input(ep)
 
     def runtime(x: np.ndarray) -> np.ndarray:
-        t = torch.tensor(x, dtype=torch.float32)
+        t = torch.tensor(x, dtype=dtype)
         with torch.no_grad():
-            try:
+            if batch is None:
                 return fn(t).double().numpy()
-            except Exception:  # a program exported with a fixed batch of 1: row by row
-                return torch.cat([fn(t[i:i + 1]) for i in range(len(t))]).double().numpy()
+            # exported with a fixed batch: run in batches of that size, the last padded
+            pad = (-len(t)) % batch
+            t = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))])
+            out = torch.cat([fn(t[i:i + batch]) for i in range(0, len(t), batch)])
+            return out[:len(x)].double().numpy()
 
     return Source(layers, notes, "torch.export", name, runtime=runtime,
                   runtime_name="PyTorch (torch.export)", comparable=not dropped_trailing(notes))
+
+
+def _exported_input(ep):
+    """(dtype, fixed batch size or None) of an ExportedProgram's data input, from the
+    example it was exported with."""
+    import torch
+    from torch.export.graph_signature import InputKind
+
+    user = [s.arg.name for s in ep.graph_signature.input_specs
+            if s.kind == InputKind.USER_INPUT]
+    for node in ep.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        if node.name in user[:1] and isinstance(val, torch.Tensor):
+            first = val.shape[0] if val.dim() > 1 else None
+            fixed = isinstance(first, int)  # a dynamic batch is a symbol, not an int
+            return val.dtype, (int(first) if fixed else None)
+    return torch.float32, None
 
 
 def _onnx_source(model, name: str) -> Source:
@@ -285,6 +344,9 @@ def _state_dict_source(obj: dict, name: str, module, module_args, arch) -> Sourc
             raise ExportError(f"{module}: building {cls.__name__}(*{args}, **{kwargs}) failed "
                               f"({one_line(e)}); pass its constructor arguments with "
                               f"--module-args") from None
+        misfit = _misfit(mod.state_dict(), tensors)
+        if misfit:
+            raise ExportError(f"{name}: does not fit {cls.__name__}: {misfit}")
         try:
             mod.load_state_dict(tensors)
         except RuntimeError as e:
@@ -296,6 +358,27 @@ def _state_dict_source(obj: dict, name: str, module, module_args, arch) -> Sourc
     raise ExportError(f"{name}: a state dict holds weights, not the architecture ({shapes}); "
                       f"pass --module FILE.py:ClassName (the class that defines the model) "
                       f"or --arch SIZES (e.g. 64,32,10 for Linear+ReLU layers)")
+
+
+def _misfit(expected: dict, given: dict, most: int = 4) -> str:
+    """The keys a state dict lacks or has too many of, and the shapes that differ, in a
+    line ('' when it fits)."""
+    def names(keys: list[str]) -> str:
+        more = f" and {len(keys) - most} more" if len(keys) > most else ""
+        return ", ".join(keys[:most]) + more
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} is {tuple(given[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {names(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys {names(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatch: {names(shapes)}")
+    return "; ".join(parts)
 
 
 def _sequential_from_arch(tensors: dict, arch, name: str):

@@ -32,16 +32,14 @@ def quantize(net, values, xq):
     # net.quantize (its docstring says what)
     if len(values) != net.n_inputs:
         raise ValueError("expected %d inputs, got %d" % (net.n_inputs, len(values)))
-    fin = inputs(net)
-    if values is not fin:  # as float32, in the engine's own buffer
-        _fcopy(values, fin, net.n_inputs)
+    src = _floats32(net, values)
     if xq is None:
         xq = net.x
-    if net.fb is None:
-        bad = net.fast.quantize(fin, xq, net.in_table, net.bounds)
+    if net.fast is not None:
+        bad = net.fast.quantize(src, xq, net.in_table, net.bounds)
     else:
         _lock()
-        bad = _quantize(net.fb, xq, net.tb, net.bounds)
+        bad = _quantize(src, xq, net.tb, net.bounds)
         _unlock()
     if bad:
         raise ValueError("input %d is NaN: no integer stands for it" % (bad - 1))
@@ -156,6 +154,29 @@ def _halves(buf):
         return uctypes.struct(uctypes.addressof(buf), layout, uctypes.LITTLE_ENDIAN).h
     except ImportError:  # CPython
         return memoryview(buf).cast("B").cast("H")
+
+
+def _floats32(net, values):
+    # What quantize reads: float32 bits, through viper's ptr32 or, in bytecode, as
+    # 16-bit halves (reading a float element would make a float object). The caller's
+    # own array('f') is read in place, through a view made the first time it is seen;
+    # any other sequence is copied into the engine's own buffer.
+    fin = inputs(net)
+    if values is not fin and values is not net.vsrc:
+        if not _is_float32(values):
+            _fcopy(values, fin, net.n_inputs)
+            return fin if net.fast else net.fb
+        net.vsrc = values
+        net.vb = values if net.fast else _halves(values)
+    if values is fin:
+        return fin if net.fast else net.fb
+    return net.vb
+
+
+def _is_float32(values):
+    # an array('f') (MicroPython's arrays have no typecode: a float element, 4 bytes each)
+    return (isinstance(values, array) and isinstance(values[0], float)
+            and len(bytes(values)) == 4 * len(values))
 
 
 def _fcopy(values, fin, n):

@@ -291,6 +291,7 @@ class Net:
         self.in_table = None
         self._fin = None
         self.fb = self.tb = None  # the bytecode path's 16-bit views of inputs and table
+        self.vsrc = self.vb = None  # the caller's own array('f') and its view (quantize)
 
     def _ready(self):
         # Each layer's kernel call, gathered once its weights are in place; for viper
@@ -407,10 +408,11 @@ class Net:
         return _float().inputs(self)
 
     def quantize(self, values, xq=None):
-        """Floats (a list, or net.inputs: an array('f')) -> the input ints, into xq (an
-        array('i'); default the engine's own); exactly the host's quantize_input:
+        """Floats (a list, net.inputs or your own array('f')) -> the input ints, into xq
+        (an array('i'); default the engine's own); exactly the host's quantize_input:
         clamp(floor(x / scale + 1/2) + zero) on the exact rational, ties up, +-inf
-        clamped, NaN refused. Allocates nothing for a list or net.inputs."""
+        clamped, NaN refused. Allocates nothing for a list or net.inputs, nor for your
+        own array('f') after the first call with it (which makes a view of its bits)."""
         return _float().quantize(self, values, xq)
 
     def predict_float(self, values):

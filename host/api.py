@@ -95,16 +95,22 @@ class Exported:
 
     def verify(self, x, y=None, vms: tuple[str, ...] | str = vms.FIRMWARE_VMS,
                float_model=None, max_accuracy_drop: float = 0.01,
-               min_agreement: float = 0.99, layers: bool = False) -> VerifyReport:
+               min_agreement: float = 0.99, layers: bool = False,
+               task: str = "auto") -> VerifyReport:
         """Float model vs host reference vs the engine on each MicroPython VM.
 
-        float_model defaults to the model this was exported from. The report's .ok is
-        False on any VM mismatch, a broken bound, an accuracy drop of more than
-        max_accuracy_drop (a fraction) or top-1 agreement below min_agreement. With
-        layers, .layers says where the error comes from, layer by layer.
+        float_model defaults to the model this was exported from. x may have any shape
+        (N, ...) whose trailing size is the model's inputs (images are flattened). task:
+        "classification", "regression" or "auto" (a scikit-learn regressor, or targets
+        y that are not class labels: several columns or fractional values, are a
+        regression). The report's .ok is False on any VM mismatch or a broken bound; for
+        classification, on an accuracy drop of more than max_accuracy_drop (a fraction)
+        or top-1 agreement below min_agreement; for regression, on an R² drop of more
+        than 0.01 or an output whose mean error is above 1 % of its span. With layers,
+        .layers says where the error comes from, layer by layer.
         """
         return verify_arrays(self.mlp_path(), x, y, self._float_source(float_model),
-                             _vm_names(vms), max_accuracy_drop, min_agreement, layers)
+                             _vm_names(vms), max_accuracy_drop, min_agreement, layers, task)
 
     def report(self, x, y=None, out: str | Path = "report.html",
                vms: tuple[str, ...] | str = vms.FIRMWARE_VMS, float_model=None) -> Path:
@@ -130,7 +136,7 @@ class Exported:
         from ..export.data import check_inputs
         from .reference import run as run_reference
 
-        x = check_inputs(x, what, self.model.n_inputs)
+        x = check_inputs(x, what, self.model.n_inputs)  # images flattened, as verify does
         if ints:
             bad = (x != np.round(x)) | (np.abs(x) >= 2**30)
             if bad.any():

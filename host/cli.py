@@ -5,10 +5,12 @@ Commands:
   export    quantize a checkpoint to model.mlp, model_mlp.py and model_mlp.mpy
   inspect   print the layer table stored in a .mlp file
   run       run a .mlp on inputs with the reference or on a MicroPython VM
-  verify    PyTorch vs reference vs every VM: bit-exactness, accuracy, error bound
+  verify    PyTorch vs reference vs every VM: bit-exactness, accuracy (or R²), error bound
+  report    one HTML page on a model's fidelity: verify's checks, per layer, with plots
   bench     speed, fuel, allocation and RAM on the VMs, against a float baseline
   deploy    copy the engine and a model to a board, then self-test it there
   board     start an emulated board (serial or micro:bit) to deploy and bench on
+  playground  a web page that runs a model on the engine in MicroPython WebAssembly
   fuzz      mutated model files through every loader: refused by name, or bit-exact
   demo      train -> export -> verify on a bundled dataset (the README's main job)
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -169,16 +172,12 @@ def do_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_inputs(path: str) -> np.ndarray:
-    from .verify import load_data
-
-    return load_data(path)[0]
-
-
 def do_run(args: argparse.Namespace) -> int:
     from .api import load
+    from .verify import load_data
 
-    res = load(args.model).run(_read_inputs(args.input), args.vm, args.int, args.input)
+    x = load_data(args.input, label_column=args.label_column)[0]
+    res = load(args.model).run(x, args.vm, args.int, args.input)
     out, deq = res.ints, res.floats
     if args.json:
         print(
@@ -227,7 +226,7 @@ def do_verify(args: argparse.Namespace) -> int:
     float_model = None if args.float_model is None else _float_source(args)
     rep = verify(args.model, args.data, float_model, args.vm, args.split,
                  args.max_drop / 100, args.min_agreement / 100, args.label_column,
-                 layers=args.layers)
+                 layers=args.layers, task=args.task)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else format_report(rep))
     return 0 if rep.ok else 1
 
@@ -280,10 +279,14 @@ def do_board(args: argparse.Namespace) -> int:
         board = emulate(args.emulate, args.files)
     except BoardError as e:
         raise CLIError(str(e)) from None
-    print(board.describe(), flush=True)
-    print(f"PORT {board.port}", flush=True)  # one line a script can read
-    print("Ctrl-C stops it.", flush=True)
+    def terminated(signum, frame):  # `kill PID`: stop the emulator as Ctrl-C does
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
+        print(board.describe(), flush=True)
+        print(f"PORT {board.port}", flush=True)  # one line a script can read
+        print("Ctrl-C stops it.", flush=True)
         code = board.proc.wait()
         print(f"the emulator exited (status {code})", file=sys.stderr)
         return 1
@@ -291,6 +294,7 @@ def do_board(args: argparse.Namespace) -> int:
         return 0
     finally:
         board.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def do_fuzz(args: argparse.Namespace) -> int:
@@ -577,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="float inputs: .npy, .npz (X_test/x/...) "
                    "or .csv (header optional)")
     p.add_argument("--vm", choices=VM_NAMES, default="reference")
+    p.add_argument("--label-column", help="a column of the .csv that is not an input (a "
+                   "header name or an index; -1 for the last)")
     p.add_argument("--int", action="store_true", help="inputs are already quantized integers")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=do_run)
@@ -597,6 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, default=99.0, metavar="PERCENT",
                    help="fail when top-1 agreement with the float model is below this (99)")
     p.add_argument("--split", default="test", help="which split of the .npz (test)")
+    p.add_argument("--task", choices=("auto", "classification", "regression"),
+                   default="auto", help="what to check against the float model: accuracy "
+                   "and top-1 agreement, or R² and the error per output (auto: regression "
+                   "for a scikit-learn regressor or targets that are not class labels)")
     p.add_argument("--layers", action="store_true", help="where the error comes from, per "
                    "layer: SQNR, max/p99 error against the layer's bound, clipping, grid "
                    "levels used, the output error with only that layer quantized (needs "

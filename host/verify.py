@@ -53,6 +53,15 @@ class VerifyReport:
     # verify(..., layers=True): per layer, host/fidelity.layer_report's row with
     # layer_alone's (the output error when only this layer is quantized) merged in
     layers: list = field(default_factory=list)
+    # "classification" (accuracy, top-1 agreement) or "regression" (R², errors per output)
+    task: str = "classification"
+    float_r2: float | None = None  # regression with targets: R² averaged over the outputs
+    fixed_r2: float | None = None
+    max_r2_drop: float = 0.01  # fail when fixed R² < float R² - this
+    max_mean_error: float = 0.01  # fail when an output's mean error is above this * span
+    # regression, per output: span (of the float outputs), max/mean |fixed - float| and
+    # the same as fractions of the span, R² of float and fixed against the targets
+    outputs: list = field(default_factory=list)
 
     @property
     def bit_exact(self) -> bool:
@@ -83,6 +92,15 @@ class VerifyReport:
         if self.top1_agreement is not None and self.top1_agreement < self.min_agreement:
             why.append(f"top-1 agreement with the float model {100 * self.top1_agreement:.2f} % "
                        f"is below {100 * self.min_agreement:.3g} %")
+        if self.float_r2 is not None and self.fixed_r2 is not None and (
+                self.fixed_r2 < self.float_r2 - self.max_r2_drop - 1e-12):
+            why.append(f"fixed-point R² {self.fixed_r2:.4f} is more than {self.max_r2_drop:.3g} "
+                       f"below float {self.float_r2:.4f}")
+        for o in self.outputs:
+            if o.get("mean_error") is not None and o["mean_error"] > self.max_mean_error:
+                why.append(f"output {o['output']}: mean |fixed - float| is "
+                           f"{100 * o['mean_error']:.3g} % of its span, above "
+                           f"{100 * self.max_mean_error:.3g} %")
         return why
 
     @property
@@ -114,6 +132,7 @@ def verify(
     min_agreement: float = 0.99,
     label_column=None,
     layers: bool = False,
+    task: str = "auto",
 ) -> VerifyReport:
     """verify_arrays on a data file; float_model is any form micromlp exports (a path
     or an object) or a Source."""
@@ -124,7 +143,28 @@ def verify(
 
         source = load_source(float_model)
     return verify_arrays(mlp_path, x, y, source, vm_names, max_accuracy_drop, min_agreement,
-                         layers)
+                         layers, task, str(data_path))
+
+
+TASKS = ("auto", "classification", "regression")
+
+
+def task_of(task: str, source=None, y=None) -> str:
+    """The task verify checks: as given, else a scikit-learn regressor's, else regression
+    for targets that are not class labels (several columns, or fractional values)."""
+    from ..export.layers import ExportError
+
+    if task not in TASKS:
+        raise ExportError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task != "auto":
+        return task
+    if source is not None and source.info.get("task"):
+        return source.info["task"]
+    if y is not None:
+        y = np.asarray(y)
+        if y.ndim == 2 or y.dtype.kind == "f" and np.any(y != np.round(y)):
+            return "regression"
+    return "classification"
 
 
 def verify_arrays(
@@ -136,22 +176,35 @@ def verify_arrays(
     max_accuracy_drop: float = 0.01,
     min_agreement: float = 0.99,
     layers: bool = False,
+    task: str = "auto",
+    data_name: str = "the inputs",
 ) -> VerifyReport:
     """Compare every VM with the reference bit for bit, and the reference with the float
     model (a Source) when one is given; with layers, where the error comes from, layer
-    by layer (needs the float model)."""
-    from ..export.data import check_inputs
+    by layer (needs the float model). task: classification (accuracy, top-1 agreement),
+    regression (R², error per output) or auto (task_of)."""
+    from ..export.data import check_inputs, targets_of
     from ..export.layers import ExportError
 
     if layers and source is None:
         raise ExportError("the per-layer report needs the float model the file was "
                           "exported from (--float MODEL)")
     model = modelfile.load(mlp_path)
-    x = check_inputs(x, str(mlp_path) + " data", model.n_inputs)
+    data_notes: list[str] = []
+    x = check_inputs(x, data_name, model.n_inputs, data_notes)
     if len(x) == 0:
         raise ExportError(f"{mlp_path}: no samples to verify on (0 rows)")
-    if y is not None and len(y) != len(x):
-        raise ExportError(f"{len(y)} labels for {len(x)} samples")
+    if y is not None:
+        y = targets_of(y)
+        if len(y) != len(x):
+            raise ExportError(f"{len(y)} labels for {len(x)} samples")
+    task = task_of(task, source, y)
+    targets = None
+    if task == "regression" and y is not None:
+        targets = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        if targets.shape[1] != model.n_outputs:
+            raise ExportError(f"the targets have {targets.shape[1]} columns, the model "
+                              f"{model.n_outputs} outputs")
     xq = model.quantize_input(x)
     ref = reference.run(model, xq)
     saturated = ref.saturated | fidelity.outside_range(model, x).any(axis=1)
@@ -162,6 +215,8 @@ def verify_arrays(
         saturated_samples=int(saturated.sum()),
         max_accuracy_drop=max_accuracy_drop,
         min_agreement=min_agreement,
+        task=task,
+        notes=data_notes,
     )
     for vm in vm_names:
         try:
@@ -172,24 +227,32 @@ def verify_arrays(
         same = np.all(out == ref.out, axis=1)
         rep.vms.append(VMResult(vm, float(same.mean()), int((~same).sum())))
     pred = np.argmax(ref.out, axis=1)
+    fixed = model.dequantize_output(ref.out)
     labels = None
-    if y is not None:
+    if y is not None and task == "classification":
         labels = _class_indices(y, model.n_outputs)
         if labels is not None:
             rep.fixed_accuracy = float((pred == labels).mean())
+    yf = None
     if source is not None:
         rep.float_model = source.runtime_name or source.kind
         yf, cls = source.evaluate(x)
-        err = np.abs(model.dequantize_output(ref.out) - yf).max(axis=1)
+        if yf.shape[1] != model.n_outputs:
+            raise ExportError(f"the float model ({source.name or source.kind}) gives "
+                              f"{yf.shape[1]} outputs, {mlp_path} {model.n_outputs}: not the "
+                              f"model it was exported from")
+        err = np.abs(fixed - yf).max(axis=1)
         rep.max_abs_error = float(err.max())
         rep.max_abs_error_unsaturated = float(err[~saturated].max()) if (~saturated).any() else None
         rep.output_range = float(np.abs(yf).max())
-        if model.n_outputs > 1:
+        if model.n_outputs > 1 and task == "classification":
             rep.top1_agreement = float((cls == pred).mean())
             if labels is not None:
                 rep.float_accuracy = float((cls == labels).mean())
         float_layers = fidelity.matching_layers(model, source)
         _certify(rep, model, float_layers, x)
+        if task == "regression":  # no class to certify
+            rep.certified = None
         if layers:
             _layers(rep, model, float_layers, x)
         if not rep.bounded:
@@ -200,6 +263,8 @@ def verify_arrays(
             rep.notes.append(f"errors are against the float layer list (the {rep.float_model} "
                              f"model's answer is probabilities); classes against "
                              f"{rep.float_model}")
+    if task == "regression":
+        _regression(rep, fixed, yf, targets)
     rep.clipped_features = fidelity.input_clipping(model, x)
     if labels is not None and model.n_outputs > 1:
         n = model.n_outputs
@@ -224,6 +289,39 @@ def _certify(rep: VerifyReport, model, layers: list, x: np.ndarray) -> None:
     rep.cell_bound_max = float(cert.bound.max())
     rep.certified = float(cert.certified.mean()) if model.n_outputs > 1 else None
     rep.cell_bound_broken = bool(np.any(cert.observed > cert.bound * (1 + 1e-9) + 1e-12))
+
+
+def _r2(target: np.ndarray, pred: np.ndarray) -> float:
+    """The coefficient of determination of one output (scikit-learn's r2_score)."""
+    total = float(((target - target.mean()) ** 2).sum())
+    resid = float(((target - pred) ** 2).sum())
+    return 1.0 - resid / total if total > 0 else (1.0 if resid == 0 else 0.0)
+
+
+def _regression(rep: VerifyReport, fixed: np.ndarray, yf: np.ndarray | None,
+                targets: np.ndarray | None) -> None:
+    """Per output: the error against the float model as a fraction of the output's span,
+    and R² of float and fixed point against the targets."""
+    ref = yf if yf is not None else targets
+    for j in range(fixed.shape[1]):
+        row = {"output": j, "span": None, "max_abs_error": None, "mean_abs_error": None,
+               "max_error": None, "mean_error": None, "float_r2": None, "fixed_r2": None}
+        if ref is not None:
+            span = float(ref[:, j].max() - ref[:, j].min()) or 1.0
+            row["span"] = span
+        if yf is not None:
+            e = np.abs(fixed[:, j] - yf[:, j])
+            row.update(max_abs_error=float(e.max()), mean_abs_error=float(e.mean()),
+                       max_error=float(e.max()) / span, mean_error=float(e.mean()) / span)
+        if targets is not None:
+            row["fixed_r2"] = _r2(targets[:, j], fixed[:, j])
+            if yf is not None:
+                row["float_r2"] = _r2(targets[:, j], yf[:, j])
+        rep.outputs.append(row)
+    if targets is not None:
+        rep.fixed_r2 = float(np.mean([o["fixed_r2"] for o in rep.outputs]))
+        if yf is not None:
+            rep.float_r2 = float(np.mean([o["float_r2"] for o in rep.outputs]))
 
 
 def _layers(rep: VerifyReport, model, layers: list, x: np.ndarray) -> None:
@@ -267,6 +365,17 @@ def format_report(rep: VerifyReport) -> str:
         lines.append(f"  accuracy: fixed-point {pct(rep.fixed_accuracy)}")
     if rep.top1_agreement is not None:
         lines.append(f"  top-1 agreement with {rep.float_model}: {pct(rep.top1_agreement)}")
+    if rep.fixed_r2 is not None:
+        r2 = f"fixed-point {rep.fixed_r2:.4f}"
+        if rep.float_r2 is not None:
+            r2 = (f"float ({rep.float_model}) {rep.float_r2:.4f}, {r2} "
+                  f"({rep.fixed_r2 - rep.float_r2:+.4f})")
+        lines.append(f"  R² (regression, mean over {len(rep.outputs)} outputs): {r2}")
+    for o in rep.outputs[:16]:
+        if o["mean_abs_error"] is not None:
+            lines.append(f"  output {o['output']}: |fixed - float| max {o['max_abs_error']:.4g} "
+                         f"({pct(o['max_error'])} of its span {o['span']:.4g}), mean "
+                         f"{o['mean_abs_error']:.4g} ({pct(o['mean_error'])})")
     if rep.max_abs_error is not None:
         lines.append(
             f"  max |fixed - float| output: {rep.max_abs_error:.4g} "

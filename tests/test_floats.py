@@ -161,27 +161,45 @@ def test_floats_in_and_out_match_the_host_on_every_vm(model_bytes, tmp_path, vm,
 
 
 def test_quantize_and_predict_float_allocate_nothing(model_bytes, tmp_path):
-    # gc.threshold(1): any allocation runs a collection, freeing garbage made just before
+    # gc.threshold(1): any allocation runs a collection, freeing garbage made just before;
+    # the caller's own array('f') also runs under heap_lock, on every kernel
     (tmp_path / "m.mlp").write_bytes(model_bytes)
     vms.stage_firmware(tmp_path)
     script = HEAP_BLOCK_CHECK + """
-import micromlp
+import micromlp, micropython
+from array import array
 vals = [0.5, -1.25, 3.0, 100.0, -0.0]
-a = b = ''
-for k in ('viper', 'portable'):
+own = array('f', vals)
+a = b = c = d = ''
+for k in ('viper', 'native', 'portable'):
     net = micromlp.load('m.mlp', kernel=k)
     for i in range(5):
         net.inputs[i] = vals[i]
-    net.predict_float(vals)
-    a, b = k + ' list', k + ' inputs'
+    want = list(net.quantize(vals))
+    net.predict_float(own)
+    print(k, 'same' if list(net.quantize(own)) == want else 'DIFFERENT')
+    a, b, c, d = k + ' list', k + ' inputs', k + ' own', k + ' own-locked'
     f0 = pre()
     net.predict_float(vals)
     post(a, f0)
     f0 = pre()
     net.predict_float(net.inputs)
     post(b, f0)
+    f0 = pre()
+    net.predict_float(own)
+    post(c, f0)
+    micropython.heap_lock()
+    try:
+        net.predict_float(own)
+        net.quantize(own)
+        r = 'ok'
+    except MemoryError:
+        r = 'MemoryError'
+    micropython.heap_unlock()
+    print(d, r)
 """
     (tmp_path / "s.py").write_text(script)
     p = subprocess.run([vms.unix_exe(), "s.py"], cwd=tmp_path, capture_output=True, text=True)
     lines = p.stdout.splitlines()
-    assert len(lines) == 4 and all(line.endswith(" ok") for line in lines), p.stdout + p.stderr
+    assert [line.split()[-1] for line in lines] == ["same"] + ["ok"] * 4 + (
+        ["same"] + ["ok"] * 4) * 2, p.stdout + p.stderr

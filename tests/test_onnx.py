@@ -280,3 +280,54 @@ def test_architecture_matrix_through_onnx_on_the_vms(tmp_path, depth, width, bia
     err = np.abs(model.dequantize_output(ref.out) - want)[~ref.saturated]
     assert (~ref.saturated).mean() > 0.5
     assert err.max() <= model.error_bound
+
+
+def _node_cases_with_constant_operands():
+    """ONNX's own node test cases, every graph input but the first turned into an
+    initializer holding the case's data (an integer tensor where the case is integer)."""
+    import warnings
+
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = collect_testcases(None)
+    for case in cases:
+        if case.model is None or not case.data_sets or len(case.model.graph.input) < 2:
+            continue
+        m = onnx.ModelProto()
+        m.CopyFrom(case.model)
+        values = case.data_sets[0][0]
+        for i, vi in enumerate(list(m.graph.input)[1:], 1):
+            if not isinstance(values[i], (np.ndarray, np.generic)):
+                break  # a sequence or an optional: not a tensor
+            m.graph.initializer.append(numpy_helper.from_array(np.asarray(values[i]),
+                                                               vi.name))
+            m.graph.input.remove(vi)
+        else:
+            yield case.name, m
+
+
+def test_onnx_node_cases_are_refused_in_one_line_not_crashed():
+    from micromlp.export.sources import load_source
+
+    crashed, said = [], {}
+    for name, m in _node_cases_with_constant_operands():
+        try:
+            load_source(m)
+        except ExportError as e:
+            said[name] = str(e)
+        except Exception as e:  # noqa: BLE001 - what the test is looking for
+            crashed.append(f"{name}: {type(e).__name__}: {e}")
+    assert not crashed, "\n".join(crashed)
+    for name in ("test_add_int8", "test_add_int16", "test_add_uint8", "test_add_uint16",
+                 "test_add_uint32", "test_add_uint64"):
+        assert said[name] == ("ONNX node 0 'sum' (Add): operand 'y' is not a float constant "
+                              "(a graph input, or an integer tensor): only float constants "
+                              "can be folded"), said[name]
+    for bound in ("min", "max"):
+        msg = said[f"test_clip_default_int8_{bound}"]
+        assert msg.startswith("ONNX node 0 ") and f"(Clip): {bound} '{bound}' is not a " \
+            "float constant" in msg, msg
+    assert "bias C has shape (3, 4), expected one value per output (4)" in said[
+        "test_gemm_default_matrix_bias"]

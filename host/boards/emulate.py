@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import vms
+from .. import vms
 
 KINDS = ("serial", "microbit")
 
