@@ -56,13 +56,56 @@ def _word_bits():
         return 32
 
 
+def _buffers(f, keep):
+    # The weight buffers, made before the reader is imported: its code lands wherever
+    # the heap has room, and a large layer found no gap in one piece afterwards (a
+    # 256x128 layer reloaded on a 139 KB Cortex-M3 heap). Sizes from the layer
+    # headers, reached by seeking; nothing is trusted: the reader checks every field
+    # and takes a buffer only where it has the size the layer needs. None where the
+    # file cannot seek, looks wrong, or the heap has no room now.
+    import struct
+    from array import array
+
+    try:
+        here = f.seek(0, 1)  # (mpremote's mounted files have seek but no tell)
+        end = f.seek(0, 2) - here
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+    try:
+        f.seek(here + 12)
+        n_layers, n_in = struct.unpack("<HH", f.read(4))
+        pos = 40 + 8 * n_in
+        sizes = []
+        wsizes = []
+        for _ in range(n_layers):
+            f.seek(here + pos)
+            size, a, b, bits = struct.unpack("<IHHB", f.read(9))
+            wsize = bits >> 3
+            sizes.append(a * b * wsize if wsize in (1, 2) and keep & wsize else 0)
+            wsizes.append(wsize)
+            pos += size
+            if size < 40 or pos > end or sum(sizes) > end:
+                return None
+        bufs = [None] * n_layers
+        for i in sorted(range(n_layers), key=lambda i: -sizes[i]):  # the largest first
+            if sizes[i]:
+                n = sizes[i]
+                bufs[i] = bytearray(n) if wsizes[i] == 1 else array("h", bytes(n))
+        return bufs
+    except (MemoryError, ValueError, TypeError, OSError):
+        return None
+    finally:
+        f.seek(here)
+
+
 def _read(f, keep, bits):
     # The checked parts of a model stream; the reader leaves the heap afterwards
     # (on MicroPython: on CPython it stays imported, as memory is no concern there).
+    bufs = _buffers(f, keep)
     m = _sibling("micromlp_load")
     m.ModelError = ModelError
     try:
-        return m.read(f, keep, bits)
+        return m.read(f, keep, bits, bufs)
     finally:
         import sys
 

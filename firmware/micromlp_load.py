@@ -139,16 +139,21 @@ def _abs_sum(w, k, n, zw):
     return s
 
 
-def _weights(r, n_in, n_out, wsize, keep, what):
-    # A layer's weights, kept in RAM or (keep false) read through a row at a
-    # time; returns them and each row's sum |w|, which the bound check needs.
+def _weights(r, n_in, n_out, wsize, keep, what, buf):
+    # A layer's weights, kept in RAM (in buf, made before the reader came in, where it
+    # has the right type and size) or (keep false) read through a row at a time;
+    # returns them and each row's sum |w|, which the bound check needs.
     zw = 128 if wsize == 1 else 0
     nbytes = n_in * n_out * wsize
     r.need(nbytes, what)
     sums = [0] * n_out
     w = None
     if keep:
-        w = bytearray(nbytes) if wsize == 1 else array("h", bytes(nbytes))
+        if wsize == 1:
+            w = buf if isinstance(buf, bytearray) and len(buf) == nbytes else bytearray(nbytes)
+        else:
+            w = buf if isinstance(buf, array) and len(buf) * 2 == nbytes and not isinstance(
+                buf, bytearray) else array("h", bytes(nbytes))
         r.fill(w, what, nbytes)
         for c in range(n_out):
             sums[c] = _abs_sum(w, c * n_in, n_in, zw)
@@ -193,7 +198,7 @@ def _check_layer_header(bad, n_in, n_in_expected, n_out, w_bits, flags, act, res
         raise bad("accumulator bound %d is not below 2**30" % bound)
 
 
-def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx, version):
+def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx, version, buf):
     # keep: bit 0 keeps 8-bit weights in RAM, bit 1 keeps 16-bit ones.
     # Every bound of the 2**30 proof is recomputed here from the weights, biases
     # and clamp ranges; the file's own accumulator bound is only cross-checked.
@@ -225,7 +230,7 @@ def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx, version):
     if r.size is not None and at + size + 4 > r.size:  # before anything is allocated
         raise bad("%d bytes run past the file size %d" % (size, r.size))
     w_pos = r.pos
-    w, sums = _weights(r, n_in, n_out, wsize, keep & wsize, "layer %d weights" % index)
+    w, sums = _weights(r, n_in, n_out, wsize, keep & wsize, "layer %d weights" % index, buf)
     zw = 128 if wsize == 1 else 0
     q = array("i", bytes(4 * (_Q + 4 * n_out)))
     # LeakyReLU: below lf a negative value would make sm * v reach 2**30
@@ -347,9 +352,10 @@ def _check_header(h, size):
     return version
 
 
-def read(f, keep, bits):
+def read(f, keep, bits, bufs=None):
     # Parse and check a whole model stream. keep: bit 0 keeps 8-bit weights in RAM,
-    # bit 1 16-bit ones; bits: the port's word size. Returns the layers' parts (q, w,
+    # bit 1 16-bit ones; bits: the port's word size; bufs: per layer, a weight buffer
+    # made beforehand (micromlp._buffers), used where it fits. Returns the layers' parts (q, w,
     # weight offset in the file, weight bytes, relu), the input range, the output scale
     # and the input table, for micromlp_net.build.
     r = _Reader(f, _file_size(f))
@@ -368,7 +374,8 @@ def read(f, keep, bits):
     for i in range(n_layers):
         # viper sign-extends inputs only where they can be negative
         q, w, w_pos, wsize, relu, last_bits = _read_layer(
-            r, i, n_in, x_max, keep, sx, sx if x_lo < 0 else 0, version
+            r, i, n_in, x_max, keep, sx, sx if x_lo < 0 else 0, version,
+            bufs[i] if bufs and i < len(bufs) else None
         )
         x_max = max(-q[_LO], q[_HI])
         x_lo = q[_LO]

@@ -342,7 +342,10 @@ class Net:
             return False
         _fast.PLAN = self.net8
         _fast.SRC = x
-        return _fast.net8()
+        done = _fast.net8()
+        # let go: a module global holding the plan kept a dropped net's weights alive
+        _fast.PLAN = _fast.SRC = None
+        return done
 
     def _infer(self, x):
         # Clamp inputs to the declared range: the overflow proof assumes it. The

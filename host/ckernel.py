@@ -33,7 +33,14 @@ def _ints(name: str, ctype: str, values) -> str:
 def c_source(model: QuantModel, xs: list[list[int]], runs: int) -> str:
     """A C program that runs the model on the rows xs `runs` times and prints ns per
     inference, then each row's outputs."""
-    parts = ["#include <stdio.h>\n#include <stdint.h>\n#include <time.h>\n"]
+    return ("#include <stdio.h>\n#include <stdint.h>\n#include <time.h>\n"
+            + c_model(model, xs) + _main(model, xs, runs))
+
+
+def c_model(model: QuantModel, xs: list[list[int]]) -> str:
+    """The model as C: its arrays, the rows xs (XS), and infer(in), which leaves the
+    outputs in x[]."""
+    parts = []
     width = max([model.n_inputs] + [ly.n_out for ly in model.layers])
     calls = []
     for i, ly in enumerate(model.layers):
@@ -61,11 +68,15 @@ def c_source(model: QuantModel, xs: list[list[int]], runs: int) -> str:
             f"  for (int o = 0; o < {ly.n_out}; o++) x[o] = y[o];\n")
     parts.append(_ints("XS", "int32_t", xs))
     parts.append(
-        f"static int32_t x[{width}], y[{width}];\n"
+        f"int32_t x[{width}], y[{width}];  /* not static: a native module's bss */\n"
         f"static void infer(const int32_t *in) {{\n"
         f"  for (int j = 0; j < {model.n_inputs}; j++) x[j] = in[j];\n"
         + "".join(calls) + "}\n")
-    parts.append(
+    return "".join(parts)
+
+
+def _main(model: QuantModel, xs: list[list[int]], runs: int) -> str:
+    return (
         f"int main(void) {{\n"
         f"  struct timespec t0, t1;\n"
         f"  volatile int32_t sink = 0;\n"
@@ -79,7 +90,6 @@ def c_source(model: QuantModel, xs: list[list[int]], runs: int) -> str:
         f"    infer(XS + r * {model.n_inputs});\n"
         f"    for (int o = 0; o < {model.n_outputs}; o++) printf(\"%d \", (int)x[o]);\n"
         f"    printf(\"\\n\");\n  }}\n  return 0;\n}}\n")
-    return "".join(parts)
 
 
 def c_times(model: QuantModel, xs: list[list[int]], rounds: int = 7,
@@ -109,4 +119,4 @@ def c_times(model: QuantModel, xs: list[list[int]], rounds: int = 7,
     return times
 
 
-__all__ = ["FLAGS", "c_source", "c_times", "compiler"]
+__all__ = ["FLAGS", "c_model", "c_source", "c_times", "compiler"]

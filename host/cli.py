@@ -11,6 +11,7 @@ Commands:
   deploy    copy the engine and a model to a board, then self-test it there
   board     start an emulated board (serial or micro:bit) to deploy and bench on
   playground  a web page that runs a model on the engine in MicroPython WebAssembly
+  firmware  MicroPython for an MCU board with the engine and a model frozen in
   fuzz      mutated model files through every loader: refused by name, or bit-exact
   demo      train -> export -> verify on a bundled dataset (the README's main job)
 """
@@ -276,7 +277,7 @@ def do_board(args: argparse.Namespace) -> int:
     from .boards import BoardError, emulate
 
     try:
-        board = emulate(args.emulate, args.files)
+        board = emulate(args.emulate, args.files, args.firmware)
     except BoardError as e:
         raise CLIError(str(e)) from None
     def terminated(signum, frame):  # `kill PID`: stop the emulator as Ctrl-C does
@@ -295,6 +296,22 @@ def do_board(args: argparse.Namespace) -> int:
     finally:
         board.stop()
         signal.signal(signal.SIGTERM, previous)
+
+
+def do_firmware(args: argparse.Namespace) -> int:
+    from .boards import BoardError
+    from .boards.frozen import build
+
+    try:
+        res = build(args.board, args.output, args.model)
+    except BoardError as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {res.manifest} (frozen: {', '.join(res.frozen)})")
+    print(f"built {res.firmware} for {args.board}")
+    model = "; import model_mlp; net = micromlp.load(model_mlp)" if args.model else ""
+    print(f"try it: micromlp board --emulate {args.board} --firmware {res.firmware}, then "
+          f"mpremote connect PORT exec \"import micromlp{model}\"")
+    return 0
 
 
 def do_fuzz(args: argparse.Namespace) -> int:
@@ -530,6 +547,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .boards.emulate import KINDS
     from .datasets import NAMES
     from .vms import FIRMWARE_VMS, VM_NAMES
 
@@ -672,12 +690,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=do_deploy)
 
     p = sub.add_parser("board", help="start an emulated board to deploy and bench on")
-    p.add_argument("--emulate", required=True, choices=("serial", "microbit"),
+    p.add_argument("--emulate", required=True, choices=KINDS,
                    help="serial: the MicroPython unix port behind a pty (socat); microbit: "
-                   "a BBC micro:bit v1 in QEMU (Debian's MicroPython 1.9.2)")
+                   "a BBC micro:bit v1 in QEMU (Debian's MicroPython 1.9.2); cortex-m3, "
+                   "cortex-m7, cortex-m0: MicroPython's own qemu boards, built from source "
+                   "on first use")
     p.add_argument("--files", metavar="DIR", help="serial: where copied files land "
                    "(default: a temporary folder)")
+    p.add_argument("--firmware", metavar="ELF", help="an MCU board: boot this firmware (from "
+                   "micromlp firmware) instead of the plain build")
     p.set_defaults(func=do_board)
+
+    p = sub.add_parser("firmware", help="MicroPython with the engine (and a model) frozen "
+                       "in, for an emulated MCU board; its manifest serves real boards too")
+    p.add_argument("--board", required=True, choices=KINDS[2:],
+                   help="the emulated board to build for")
+    p.add_argument("--model", help="a .mlp file to freeze as model_mlp (weights used in place "
+                   "from flash)")
+    p.add_argument("-o", "--output", default="firmware", help="folder for manifest.py, the "
+                   "frozen sources and firmware.elf (default firmware)")
+    p.set_defaults(func=do_firmware)
 
     p = sub.add_parser("playground", help="a web page that runs the model on the engine, "
                        "in MicroPython WebAssembly")

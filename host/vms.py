@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-VM_NAMES = ("reference", "cpython", "unix", "wasm", "webassembly")
-FIRMWARE_VMS = ("cpython", "unix", "wasm")  # verify's default; "webassembly" on request
-ALL_FIRMWARE_VMS = FIRMWARE_VMS + ("webassembly",)
+# MicroPython's own Cortex-M boards in QEMU, built from source on first use
+MCU_VMS = ("cortex-m3", "cortex-m7", "cortex-m0")
+VM_NAMES = ("reference", "cpython", "unix", "wasm", "webassembly") + MCU_VMS
+FIRMWARE_VMS = ("cpython", "unix", "wasm")  # verify's default; the others on request
+ALL_FIRMWARE_VMS = FIRMWARE_VMS + ("webassembly",) + MCU_VMS
 
 
 class VMError(RuntimeError):
@@ -62,30 +64,45 @@ try:
 except (ImportError, AttributeError):
     lock = unlock = lambda: None
 """
-# The driver: load, then run every input row under heap_lock (no allocation
-# allowed inside run), print the outputs. The tiny engine's streaming opens the
-# model file on each run, so it runs unlocked.
-_DRIVER = DRIVER_PREAMBLE + """if not {lock}:
-    lock = unlock = lambda: None
-try:
-    import micromlp
-    net = micromlp.load({dir!r} + '/model.mlp'{opts})
-    x = array('i', bytes(4 * net.n_inputs))
-    out = array('i', bytes(4 * net.n_outputs))
-    f = open({dir!r} + '/inputs.bin', 'rb')
-    print('BEGIN')
-    while f.readinto(x) == 4 * net.n_inputs:
-        lock()
-        try:
-            net.run(x, out)
-        finally:
-            unlock()
-        print(' '.join([str(v) for v in out]))
-    f.close()
-    print('END')
-except Exception as e:
-    print('ERROR', repr(e))
+# The driver: per model folder, load, then run every input row under heap_lock (no
+# allocation allowed inside run), print the outputs between BEGIN and END. The tiny
+# engine's streaming opens the model file on each run, so it runs unlocked.
+_DRIVER = DRIVER_PREAMBLE + """import micromlp
+def job(d, kernel, stream, locked):
+    try:
+        if kernel == 'tiny':
+            net = micromlp.load(d + '/model.mlp', stream=stream)
+        else:
+            net = micromlp.load(d + '/model.mlp', kernel=kernel, stream=stream)
+        x = array('i', bytes(4 * net.n_inputs))
+        out = array('i', bytes(4 * net.n_outputs))
+        f = open(d + '/inputs.bin', 'rb')
+        print('BEGIN')
+        while f.readinto(x) == 4 * net.n_inputs:
+            if locked:
+                lock()
+            try:
+                net.run(x, out)
+            finally:
+                if locked:
+                    unlock()
+            print(' '.join([str(v) for v in out]))
+        f.close()
+        if hasattr(net, 'close'):
+            net.close()
+        print('END')
+    except Exception as e:
+        print('ERROR', repr(e))
 """
+
+
+def _driver(dir: str, kernel: str | None, stream: bool, folders: list[str] | None = None
+            ) -> str:
+    # one job per model folder (default: dir itself); the tiny engine's streaming
+    # allocates (it opens the file per run), so only it runs without heap_lock
+    locked = not (stream and kernel == "tiny")
+    calls = [f"job({d!r}, {kernel!r}, {stream!r}, {locked!r})\n" for d in (folders or [dir])]
+    return _DRIVER.format(dir=dir) + "".join(calls)
 
 
 def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False,
@@ -115,14 +132,6 @@ def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False,
             shutil.copy(f, workdir / f.name)
 
 
-def _driver(dir: str, kernel: str | None, stream: bool) -> str:
-    # the load() arguments: the tiny engine takes only stream, and its streaming
-    # allocates (it opens the file per run), so only it runs without heap_lock
-    if kernel == "tiny":
-        return _DRIVER.format(dir=dir, opts=f", stream={stream!r}", lock=not stream)
-    return _DRIVER.format(dir=dir, opts=f", kernel={kernel!r}, stream={stream!r}", lock=True)
-
-
 def _stage(
     model_path: Path, xq: np.ndarray, workdir: Path, mpy: bool = False, tiny: bool = False
 ) -> None:
@@ -132,18 +141,31 @@ def _stage(
 
 
 def _parse(stdout: str, vm: str, n: int, n_out: int) -> np.ndarray:
-    lines = stdout.splitlines()
+    return _parse_jobs(stdout, vm, [(n, n_out)])[0]
+
+
+def _parse_jobs(stdout: str, vm: str, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Each job's outputs, from its BEGIN ... END block, in order."""
+    lines = [line.strip() for line in stdout.splitlines()]
     for line in lines:
         if line.startswith("ERROR"):
             raise VMError(f"{vm}: the engine raised {line[6:]}")
-    if "BEGIN" not in lines or "END" not in lines:
-        tail = "\n".join(lines[-5:])
-        raise VMError(f"{vm}: the run did not finish; last output:\n{tail}")
-    rows = lines[lines.index("BEGIN") + 1 : lines.index("END")]
-    out = np.array([[int(v) for v in row.split()] for row in rows], dtype=np.int64)
-    if out.shape != (n, n_out):
-        raise VMError(f"{vm}: expected {n}x{n_out} outputs, got shape {out.shape}")
-    return out
+    outs, at = [], 0
+    for n, n_out in shapes:
+        try:
+            begin = lines.index("BEGIN", at)
+            end = lines.index("END", begin)
+        except ValueError:
+            tail = "\n".join(lines[-5:])
+            raise VMError(f"{vm}: the run did not finish; last output:\n{tail}") from None
+        out = np.array([[int(v) for v in row.split()] for row in lines[begin + 1:end]],
+                       dtype=np.int64).reshape(-1, n_out) if end > begin + 1 else \
+            np.zeros((0, n_out), np.int64)
+        if out.shape != (n, n_out):
+            raise VMError(f"{vm}: expected {n}x{n_out} outputs, got shape {out.shape}")
+        outs.append(out)
+        at = end + 1
+    return outs
 
 
 def unix_exe() -> str:
@@ -231,6 +253,32 @@ def run_webassembly(
     return _run_staged("webassembly", model_path, xq, n_out, kernel, stream)
 
 
+def run_mcu_jobs(board: str, jobs: list[tuple[Path, np.ndarray, int]],
+                 kernel: str | None = None, stream: bool = False,
+                 timeout: float = 300) -> list[np.ndarray]:
+    """Outputs of the engine on an MCU board in QEMU (host/boards/mcu.py), for several
+    models in one boot: each job is (model file, input integers, outputs per row). The
+    engine and the files reach the board in a ROMFS image (the engine as source, which
+    the board compiles as it would a copied .py), every inference under heap_lock."""
+    from .boards import BoardError, mcu
+
+    with tempfile.TemporaryDirectory(prefix=f"micromlp-{board}-") as tmp:
+        tmp = Path(tmp)
+        stage_firmware(tmp, tiny=kernel == "tiny", viper=mcu.board(board).viper)
+        folders = []
+        for i, (model_path, xq, _) in enumerate(jobs):
+            (tmp / str(i)).mkdir()
+            shutil.copy(model_path, tmp / str(i) / "model.mlp")
+            np.ascontiguousarray(xq, dtype="<i4").tofile(tmp / str(i) / "inputs.bin")
+            folders.append(f"/rom/{i}")
+        (tmp / "driver.py").write_text(_driver("/rom", kernel, stream, folders))
+        try:
+            out = mcu.run(board, tmp, "driver.py", timeout)
+        except BoardError as e:
+            raise VMError(str(e)) from None
+        return _parse_jobs(out, board, [(len(xq), n_out) for _, xq, n_out in jobs])
+
+
 def run_cpython(
     model_path: Path, xq: np.ndarray, n_out: int, kernel: str | None = None, stream: bool = False
 ) -> np.ndarray:
@@ -277,7 +325,8 @@ def run_firmware(
     kernel: str | None = None,
     stream: bool = False,
 ) -> np.ndarray:
-    """Dispatch to one firmware VM by name (cpython, unix, wasm, webassembly).
+    """Dispatch to one firmware VM by name (cpython, unix, wasm, webassembly, or an MCU
+    board: cortex-m3, cortex-m7, cortex-m0).
 
     kernel None lets the engine pick the fastest the VM has; stream=True keeps
     the weights in the file.
@@ -292,4 +341,6 @@ def run_firmware(
         return run_wasm(model_path, xq, n_out, kernel, stream)
     if vm == "webassembly":
         return run_webassembly(model_path, xq, n_out, kernel, stream)
+    if vm in MCU_VMS:
+        return run_mcu_jobs(vm, [(model_path, xq, n_out)], kernel, stream)[0]
     raise VMError(f"unknown VM {vm!r}; choose from {', '.join(ALL_FIRMWARE_VMS)}")

@@ -159,3 +159,44 @@ def test_input_clamp_and_predict_on_firmware(exported):
         assert net.predict(list(row)) == int(np.argmax(out))
     with pytest.raises(ValueError, match=f"expected {model.n_inputs} inputs"):
         net.run([0] * (model.n_inputs + 1))
+
+
+# MicroPython's own Cortex-M boards in QEMU (host/boards/mcu.py): every architecture of
+# the matrix in one boot per kernel. The M0 has no viper or native emitter.
+MCU_BACKENDS = [(board, kernel, stream) for board in ("cortex-m3", "cortex-m7")
+                for kernel, stream in (("viper", False), ("native", False), ("portable", False),
+                                       ("viper", True), ("tiny", False))] + [
+    ("cortex-m0", "portable", False), ("cortex-m0", "portable", True),
+    ("cortex-m0", "tiny", True)]
+
+
+@pytest.fixture(scope="module")
+def every_arch(tmp_path_factory):
+    """Each architecture of ARCHS exported, with its test inputs and reference outputs."""
+    out = []
+    for name, sizes, bias, kind, opts in ARCHS:
+        act = (lambda: nn.LeakyReLU(0.1)) if name.startswith("leaky") else nn.ReLU
+        path = tmp_path_factory.mktemp(name) / "m.mlp"
+        model = export(make_mlp(sizes, bias, seed=len(name), act=act),
+                       calib_data(sizes[0], kind=kind), path, opts)
+        xq = test_inputs(model, 12, seed=3)
+        out.append((name, path, model, xq, reference.run(model, xq).out))
+    return out
+
+
+@pytest.mark.parametrize("board, kernel, stream", MCU_BACKENDS,
+                         ids=[f"{b}-{k}{'-stream' if s else ''}" for b, k, s in MCU_BACKENDS])
+def test_mcu_board_bit_exact_with_reference(every_arch, board, kernel, stream):
+    # the tiny engine reads 8-bit version 1 files only (its refusals: the test above)
+    cases = [c for c in every_arch if kernel != "tiny" or all(
+        layer.w_bits == 8 for layer in c[2].layers)]
+    outs = vms.run_mcu_jobs(board, [(path, xq, model.n_outputs)
+                                    for _, path, model, xq, _ in cases], kernel, stream)
+    for (name, _, _, _, ref), out in zip(cases, outs, strict=True):
+        assert np.array_equal(out, ref), name
+
+
+def test_mcu_board_without_viper_says_so(every_arch):
+    _, path, model, xq, _ = every_arch[0]
+    with pytest.raises(vms.VMError, match="cortex-m0: the engine raised .*viper"):
+        vms.run_firmware("cortex-m0", path, xq, model.n_outputs, "viper")

@@ -101,7 +101,11 @@ except ValueError as e:
 """
 
 CONFIGS = [("cpython", None), ("unix", "viper"), ("unix", "native"), ("unix", "portable"),
-           ("wasm", "portable"), ("unix", "tiny"), ("wasm", "tiny"), ("cpython", "tiny")]
+           ("wasm", "portable"), ("unix", "tiny"), ("wasm", "tiny"), ("cpython", "tiny"),
+           # MicroPython's own Cortex-M boards in QEMU (32-bit; single-precision floats
+           # on the M3 and M0, double on the M7)
+           ("cortex-m3", "viper"), ("cortex-m7", "native"), ("cortex-m0", "portable"),
+           ("cortex-m3", "tiny")]
 
 
 def _run(vm: str, kernel, path, rows, tmp_path) -> str:
@@ -126,10 +130,15 @@ def _run(vm: str, kernel, path, rows, tmp_path) -> str:
             exec(compile(code, "driver", "exec"), {})
         return buf.getvalue()
     vms.stage_firmware(tmp_path, tiny=tiny)
-    where = "/input" if vm == "wasm" else str(tmp_path)
+    where = {"wasm": "/input", **{b: "/rom" for b in vms.MCU_VMS}}.get(vm, str(tmp_path))
     code = _DRIVER.format(dir=where, path=where + "/m.mlp", rows=bits, opts=opts)
     if vm == "wasm":
         return vms.wasm_run(code, readonly_dir=tmp_path).stdout
+    if vm in vms.MCU_VMS:
+        from micromlp.host.boards import mcu
+
+        (tmp_path / "d.py").write_text(code)
+        return mcu.run(vm, tmp_path, "d.py")
     (tmp_path / "d.py").write_text(code)
     p = subprocess.run([vms.unix_exe(), "d.py"], cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import vms
 
-KINDS = ("serial", "microbit")
+KINDS = ("serial", "microbit", "cortex-m3", "cortex-m7", "cortex-m0")
 
 
 class BoardError(RuntimeError):
@@ -35,9 +35,18 @@ class EmulatedBoard:
             what = (f"a serial board (the MicroPython unix port behind socat) on {self.port}; "
                     f"files copied to it land in {self.files}. It exits on a soft reset, "
                     f"so pass --resume to deploy")
-        else:
+        elif self.kind == "microbit":
             what = (f"a BBC micro:bit v1 (MicroPython 1.9.2, ~9 KB of heap) in QEMU on "
                     f"{self.port}; files live until it stops")
+        else:
+            from .mcu import VERSION, board
+
+            b = board(self.kind)
+            return (f"a {b.cpu} board ({b.board}: MicroPython {VERSION} built from source) "
+                    f"in QEMU on {self.port}, counting instructions (-icount shift=0: "
+                    f"time.ticks_us() is thousands of instructions). It has no writable "
+                    f"filesystem: serve a folder with mpremote mount.\nUse it with: "
+                    f"mpremote connect {self.port} mount DIR exec \"import micromlp\"")
         resume = " --resume" if self.kind == "serial" else ""
         return f"{what}.\nUse it with: micromlp deploy OUT --port {self.port}{resume}"
 
@@ -54,12 +63,19 @@ class EmulatedBoard:
             self._tmp = None
 
 
-def emulate(kind: str, files: str | Path | None = None) -> EmulatedBoard:
+def emulate(kind: str, files: str | Path | None = None,
+            firmware: str | Path | None = None) -> EmulatedBoard:
     """Start an emulated board: "serial" (files land in `files`, a new temporary folder
-    by default) or "microbit"."""
+    by default), "microbit", or an MCU board from MicroPython's source (cortex-m3,
+    cortex-m7, cortex-m0; `firmware`: an ELF to boot instead of the plain build)."""
     if kind == "microbit":
         proc, port = start_qemu_microbit()
         return EmulatedBoard(kind, port, proc)
+    if kind in KINDS[2:]:
+        from .mcu import Qemu
+
+        q = Qemu(kind, None if firmware is None else Path(firmware))
+        return EmulatedBoard(kind, q.port, q.proc)
     if kind != "serial":
         raise BoardError(f"unknown board {kind!r}: choose {' or '.join(KINDS)}")
     tmp = tempfile.TemporaryDirectory(prefix="micromlp-board-")
