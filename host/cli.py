@@ -44,14 +44,16 @@ def _hidden(text: str) -> list[int]:
 
 
 BENCH_VMS = ("unix", "webassembly", "wasm")
+MCU_BENCH_VMS = ("cortex-m3", "cortex-m7", "cortex-m0")  # host/boards/mcubench.py
 
 
 def _bench_vms(text: str) -> tuple[str, ...]:
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     for n in names:
-        if n not in BENCH_VMS:
+        if n not in BENCH_VMS + MCU_BENCH_VMS:
             raise argparse.ArgumentTypeError(
-                f"unknown VM {n!r} for bench; choose from {', '.join(BENCH_VMS)}")
+                f"unknown VM {n!r} for bench; choose from "
+                f"{', '.join(BENCH_VMS + MCU_BENCH_VMS)}")
     return names
 
 
@@ -404,24 +406,59 @@ def do_bench(args: argparse.Namespace) -> int:
         tmp.cleanup()
         return 0
     data = load_data(args.data)[0] if args.data else None
-    reports = []
-    for path in models:
+    host_vms = tuple(v for v in args.vm if v in BENCH_VMS)
+    boards = [v for v in args.vm if v in MCU_BENCH_VMS]
+    reports, board_reports = [], []
+    for path in models if host_vms else []:
         inputs = data if path in given else None
         rep = bench(path, rounds=args.rounds, heap=not args.no_heap, inputs=inputs,
-                    vms=args.vm)
+                    vms=host_vms)
         reports.append(rep)
         if not args.json:
             print(format_report(rep))
             print()
+    if boards:
+        board_reports = _bench_boards(boards, models, args.json)
     if args.json:
-        print(json.dumps([r.to_dict() for r in reports], indent=2))
+        print(json.dumps([r.to_dict() for r in reports + board_reports], indent=2))
     if args.markdown:
+        from .boards.mcubench import format_report as format_board
+
         cmd = "micromlp " + " ".join(sys.argv[1:])
-        body = "".join(format_report(r, markdown=True) + "\n" for r in reports)
-        Path(args.markdown).write_text(BENCH_HEADER.format(cmd=cmd) + body)
+        body = BENCH_HEADER.format(cmd=cmd) if reports else f"# Benchmarks\n\n```\n{cmd}\n```\n"
+        body += "".join(format_report(r, markdown=True) + "\n" for r in reports)
+        if board_reports:
+            body += MCU_BENCH_HEADER + "".join(format_board(r, markdown=True) + "\n"
+                                               for r in board_reports)
+        Path(args.markdown).write_text(body)
         print(f"wrote {args.markdown}")
     tmp.cleanup()
     return 0
+
+
+def _bench_boards(boards: list[str], models: list[Path], quiet: bool) -> list:
+    """The MCU boards' figures for every model (host/boards/mcubench.py)."""
+    from tqdm import tqdm
+
+    from .boards import BoardError
+    from .boards.mcubench import FORMS, bench_board, format_report
+
+    reports = []
+    steps = [(b, m) for b in boards for m in models]
+    bar = tqdm(total=len(steps) * len(FORMS), desc="bench on MCU boards", leave=False,
+               disable=None)
+    for board, path in steps:
+        try:
+            rep = bench_board(board, path, progress=lambda what: (
+                bar.set_postfix_str(what), bar.update()))
+        except BoardError as e:
+            raise CLIError(str(e)) from None
+        reports.append(rep)
+        if not quiet:
+            print(format_report(rep))
+            print()
+    bar.close()
+    return reports
 
 
 BENCH_HEADER = """# Benchmarks
@@ -455,6 +492,26 @@ up past every failing size in the 64 KB above (every 256 bytes up to 4 KB, then 
 
 """
 
+
+MCU_BENCH_HEADER = """
+## On MCU instruction sets: MicroPython's own Cortex-M boards in QEMU
+
+MicroPython v1.28.0 built from source for the qemu port's boards (host/boards/mcu.py)
+and run under `qemu-system-arm -icount shift=0,sleep=off`: the board's clock advances 1 ns per
+instruction, so these are instruction counts, the same on every run whatever the
+host's load (QEMU does not model cycles: at one instruction per cycle, instructions /
+MHz is a latency estimate; a Cortex-M7 issues up to two per cycle, flash wait states
+add some). Kernels are timed with the engine as `.mpy` (MicroPython's own mpy-cross;
+viper's machine code built for the core), one `net.run(x, out)` per inference. The
+heap figures are what stays allocated after a load and one run, per way the engine
+reaches the board: `.py` compiled on the board, `.mpy` loaded into RAM (served by
+`mpremote mount`, as a copied file is), `.mpy` in ROMFS (used in place from flash),
+frozen into the firmware with the model read from a file, and frozen together with
+the model (`micromlp firmware`). The C reference
+is host/ckernel.py's loops for this model, compiled for the core at `-Os` as a native
+module and run on the board.
+
+"""
 
 LOAD_COST_HEADER = """
 ## What a load costs

@@ -5,9 +5,11 @@ instruction is 1 ns of the board's clock, so `time.ticks_us()` counts thousands 
 instructions and a figure is the same on every run. Per kernel: instructions per
 inference (one `net.run(x, out)` call on an array('i'), a dense random in-range row) and
 per multiply-add; per way of getting the engine onto the board (source compiled on the
-board, .mpy from MicroPython's own mpy-cross, frozen into the firmware, and frozen with
-the model): the heap the engine and model hold after a load and one run, a collection
-done (`gc.mem_alloc()` against the same figure before the engine was imported). Beside
+board; .mpy from MicroPython's own mpy-cross, loaded into RAM as from a copied file,
+which `mpremote mount` serves; .mpy in a ROMFS image, used in place; frozen into the
+firmware; frozen with the model): the heap the engine and model hold after a load and
+one run, a collection done (`gc.mem_alloc()` against the same figure before the
+engine was imported). Beside
 them the same integer arithmetic in C, compiled for the same core (host/boards/cref.py).
 """
 
@@ -23,7 +25,7 @@ import numpy as np
 from ...export import modelfile
 from . import mcu
 
-FORMS = ("py", "mpy", "frozen", "frozen+model")
+FORMS = ("py", "mpy", "romfs", "frozen", "frozen+model")
 # time.ticks_us() runs on the board's clock: at -icount shift=0, 1 us = 1000 instructions
 INSTRUCTIONS_PER_US = 1000
 MIN_US = 20000  # time each kernel over at least this much board time (20 M instructions)
@@ -153,9 +155,9 @@ def bench_board(board_name: str, model_path: str | Path, forms: tuple[str, ...] 
             script = _SCRIPT.format(
                 model_import="import model_mlp" if frozen_model else "",
                 src="model_mlp" if frozen_model else "'model.mlp'", row=row,
-                kernels=_kernels(board) if form == "mpy" else (), min_us=MIN_US)
+                kernels=_kernels(board) if form == "romfs" else (), min_us=MIN_US)
             (folder / "bench.py").write_text(script)
-            out = mcu.run(board.name, folder, "bench.py", elf=elf)
+            out = mcu.run(board.name, folder, "bench.py", elf=elf, mount=form == "mpy")
             lines = out.splitlines()
             held = [ln for ln in lines if ln.startswith("HELD ")]
             if not held:
@@ -193,17 +195,19 @@ def format_report(rep: McuBenchReport, mhz: float = 100.0, markdown: bool = Fals
         rows.append(["C reference", f"{rep.c_instructions:,.0f}",
                      f"{rep.c_instructions / rep.macs:.1f}",
                      f"{rep.c_instructions / (mhz * 1000):.3f}", "1.0"])
-    title = (f"{rep.board} ({rep.cpu}, MicroPython {mcu.VERSION} in QEMU, -icount shift=0): "
+    title = (f"{rep.board} ({rep.cpu}, MicroPython {mcu.VERSION} in QEMU, -icount shift=0,sleep=off): "
              f"model {rep.layers} ({rep.macs} multiply-adds)")
-    forms = {"py": "engine .py (compiled on the board)", "mpy": "engine .mpy",
+    forms = {"py": "engine .py (compiled on the board)", "mpy": "engine .mpy (in RAM)",
+             "romfs": "engine .mpy in ROMFS (in place)",
              "frozen": "engine frozen, model from a file",
              "frozen+model": "engine and model frozen"}
     held = [f"{forms[k]}: {v:,} B" for k, v in rep.held.items()]
     notes = [f"heap held after load + one run (gc.mem_alloc() after a collection, against "
              f"the same before the engine's import): {'; '.join(held)}",
-             "kernels timed with the engine as .mpy; one net.run(x, out) per inference on "
-             "an array('i') of dense random in-range inputs (the kernels skip zero inputs: "
-             "real ReLU-sparse data costs less)"]
+             "kernels timed with the engine as .mpy in ROMFS; one net.run(x, out) per "
+             "inference on "
+             "an array('i') of dense random in-range inputs (the kernels skip zero "
+             "inputs: real ReLU-sparse data costs less)"]
     if rep.c_note:
         notes.append(rep.c_note)
     if markdown:

@@ -1,0 +1,116 @@
+"""MicroPython's own Cortex-M boards in QEMU (host/boards/mcu.py): verify on them, frozen
+firmware that runs a model with no file, a large model reloaded on a 139 KB heap, the
+emulated board for mpremote, and the instruction-counting bench with its C reference.
+(The engine matrix on each board is in test_engine.py, the float API in test_floats.py.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import calib_data, export, make_mlp
+from micromlp.export import modelfile
+from micromlp.host import reference
+from micromlp.host.boards import mcu
+from micromlp.host.cli import main as cli
+
+
+def test_verify_on_cortex_m3_and_m7_is_bit_exact(digits, capsys):
+    tr, ex = digits
+    code = cli(["verify", str(ex.paths["mlp"]), "--data", str(tr.data_path), "--vm",
+                "cortex-m3,cortex-m7"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "cortex-m3 vs reference: 100.00 % identical  (bit-exact)" in out
+    assert "cortex-m7 vs reference: 100.00 % identical  (bit-exact)" in out
+
+
+def test_frozen_firmware_runs_the_model_with_no_file(digits, tmp_path, capsys):
+    _, ex = digits
+    out = tmp_path / "fw"
+    assert cli(["firmware", "--board", "cortex-m3", "--model", str(ex.paths["mlp"]), "-o",
+                str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"wrote {out / 'manifest.py'} (frozen: micromlp, micromlp_load, micromlp_net, " \
+        f"micromlp_viper, micromlp_float, model_mlp)" in said
+    assert (out / "firmware.elf").exists() and (out / "model_mlp.py").exists()
+    model = modelfile.load(ex.paths["mlp"])
+    x = np.random.default_rng(0).integers(model.in_lo, model.in_hi + 1, size=model.n_inputs)
+    board = tmp_path / "board"  # what the board gets besides its firmware: the script only
+    board.mkdir()
+    (board / "s.py").write_text(
+        "import os, micromlp, model_mlp\n"
+        "print('FILES', os.listdir('/rom'))\n"
+        "print('FROZEN', micromlp.__file__, model_mlp.__file__)\n"
+        "net = micromlp.load(model_mlp)\n"
+        f"print('OUT', list(net.run({x.tolist()!r})))\n")
+    lines = mcu.run("cortex-m3", board, "s.py", elf=out / "firmware.elf").splitlines()
+    assert "FILES ['s.py']" in lines
+    assert "FROZEN micromlp.py model_mlp.py" in lines  # frozen modules: no folder
+    want = reference.run(model, x[None, :]).out[0].tolist()
+    assert f"OUT {want}" in lines, lines
+
+
+def test_a_large_model_reloads_on_a_139_kb_heap(tmp_path):
+    path = tmp_path / "big.mlp"
+    export(make_mlp([256, 128, 10]), calib_data(256), path)
+    model = modelfile.load(path)
+    (tmp_path / "model.mlp").write_bytes(path.read_bytes())
+    from micromlp.host import vms
+
+    vms.stage_firmware(tmp_path)
+    (tmp_path / "s.py").write_text(
+        "import gc, micromlp\n"
+        "from array import array\n"
+        "x = array('i', bytes(4 * 256))\n"
+        "keep = []\n"
+        "for i in range(3):\n"  # as a program would: no collection of its own, and
+        "    net = micromlp.load('model.mlp')\n"  # small objects of its own made meanwhile
+        "    out = net.run(x)\n"
+        "    keep += [bytearray(24) for j in range(300)]\n"
+        "    net = None\n"
+        "    print('RUN', i, list(out), gc.mem_free())\n"
+        "gc.collect()\n"
+        "print('FREE', gc.mem_free())\n")
+    out = mcu.run("cortex-m3", tmp_path, "s.py").splitlines()
+    lines = [ln for ln in out if ln.startswith("RUN ")]
+    want = reference.run(model, np.zeros((1, 256), np.int64)).out[0].tolist()
+    assert [ln.split(" [")[0] for ln in lines] == ["RUN 0", "RUN 1", "RUN 2"]
+    assert all(f"{want}" in ln for ln in lines)
+    # nothing of the dropped nets stays behind: only the engine and the kept objects
+    free = int(next(ln for ln in out if ln.startswith("FREE ")).split()[1])
+    assert free > 60_000, out  # (a net left behind would hold 34 KB more)
+
+
+def test_an_emulated_cortex_m3_for_mpremote():
+    p = subprocess.Popen([sys.executable, "-m", "micromlp.host.cli", "board", "--emulate",
+                          "cortex-m3"], stdout=subprocess.PIPE, text=True)
+    try:
+        port = next(line.split()[1] for line in p.stdout if line.startswith("PORT "))
+        r = subprocess.run(["mpremote", "connect", port, "exec",
+                            "import sys; print(sys.implementation._machine)"],
+                           capture_output=True, text=True, timeout=60)
+        assert "mps2-an385 with Cortex-M3" in r.stdout, r.stdout + r.stderr
+    finally:
+        p.terminate()
+        assert p.wait(timeout=20) == 143  # SIGTERM: stopped and cleaned up
+
+
+@pytest.mark.slow
+def test_bench_counts_instructions_on_the_board_beside_c(digits):
+    from micromlp.host.boards.mcubench import bench_board, format_report
+
+    _, ex = digits
+    rep = bench_board("cortex-m3", ex.paths["mlp"])  # raises if any output is wrong
+    per_mac = {r.kernel: r.per_mac for r in rep.runs}
+    assert set(per_mac) == {"viper", "native", "portable"}
+    assert rep.c_instructions and 3 < rep.c_instructions / rep.macs < per_mac["viper"]
+    assert per_mac["viper"] < per_mac["native"] < per_mac["portable"]
+    assert set(rep.held) == {"py", "mpy", "romfs", "frozen", "frozen+model"}
+    assert rep.held["frozen+model"] < rep.held["frozen"] < rep.held["mpy"] < rep.held["py"]
+    again = bench_board("cortex-m3", ex.paths["mlp"], forms=("romfs",))
+    for a, b in zip(rep.runs, again.runs, strict=True):  # instruction counts: no drift
+        assert abs(a.instructions - b.instructions) <= 0.01 * a.instructions
+    assert "instructions/inf" in format_report(rep)
