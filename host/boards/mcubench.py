@@ -195,8 +195,8 @@ def format_report(rep: McuBenchReport, mhz: float = 100.0, markdown: bool = Fals
         rows.append(["C reference", f"{rep.c_instructions:,.0f}",
                      f"{rep.c_instructions / rep.macs:.1f}",
                      f"{rep.c_instructions / (mhz * 1000):.3f}", "1.0"])
-    title = (f"{rep.board} ({rep.cpu}, MicroPython {mcu.VERSION} in QEMU, -icount shift=0,sleep=off): "
-             f"model {rep.layers} ({rep.macs} multiply-adds)")
+    title = (f"{rep.board} ({rep.cpu}, MicroPython {mcu.VERSION} in QEMU, -icount "
+             f"shift=0,sleep=off): model {rep.layers} ({rep.macs} multiply-adds)")
     forms = {"py": "engine .py (compiled on the board)", "mpy": "engine .mpy (in RAM)",
              "romfs": "engine .mpy in ROMFS (in place)",
              "frozen": "engine frozen, model from a file",
