@@ -92,7 +92,7 @@ def _buffers(f, keep):
                 n = sizes[i]
                 bufs[i] = bytearray(n) if wsizes[i] == 1 else array("h", bytes(n))
         return bufs
-    except (MemoryError, ValueError, TypeError, OSError):
+    except Exception:  # a short or odd file (CPython's struct.error too): the reader says
         return None
     finally:
         f.seek(here)

@@ -96,7 +96,7 @@ class Exported:
     def verify(self, x, y=None, vms: tuple[str, ...] | str = vms.FIRMWARE_VMS,
                float_model=None, max_accuracy_drop: float = 0.01,
                min_agreement: float = 0.99, layers: bool = False,
-               task: str = "auto") -> VerifyReport:
+               task: str = "auto", max_mean_error: float = 0.02) -> VerifyReport:
         """Float model vs host reference vs the engine on each MicroPython VM.
 
         float_model defaults to the model this was exported from. x may have any shape
@@ -106,11 +106,13 @@ class Exported:
         regression). The report's .ok is False on any VM mismatch or a broken bound; for
         classification, on an accuracy drop of more than max_accuracy_drop (a fraction)
         or top-1 agreement below min_agreement; for regression, on an R² drop of more
-        than 0.01 or an output whose mean error is above 1 % of its span. With layers,
+        than 0.01 or an output whose mean error is above max_mean_error (a fraction) of its
+        span. With layers,
         .layers says where the error comes from, layer by layer.
         """
         return verify_arrays(self.mlp_path(), x, y, self._float_source(float_model),
-                             _vm_names(vms), max_accuracy_drop, min_agreement, layers, task)
+                             _vm_names(vms), max_accuracy_drop, min_agreement, layers, task,
+                             max_mean_error=max_mean_error)
 
     def report(self, x, y=None, out: str | Path = "report.html",
                vms: tuple[str, ...] | str = vms.FIRMWARE_VMS, float_model=None) -> Path:

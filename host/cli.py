@@ -50,6 +50,7 @@ MCU_BENCH_VMS = ("cortex-m3", "cortex-m7", "cortex-m0")  # host/boards/mcubench.
 def _bench_vms(text: str) -> tuple[str, ...]:
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     for n in names:
+        _not_built(n)
         if n not in BENCH_VMS + MCU_BENCH_VMS:
             raise argparse.ArgumentTypeError(
                 f"unknown VM {n!r} for bench; choose from "
@@ -57,11 +58,19 @@ def _bench_vms(text: str) -> tuple[str, ...]:
     return names
 
 
+def _not_built(name: str) -> None:
+    from .boards.mcu import NOT_BUILT
+
+    if name in NOT_BUILT:
+        raise argparse.ArgumentTypeError(f"{name} is not built here: {NOT_BUILT[name]}")
+
+
 def _vm_list(text: str) -> tuple[str, ...]:
     from .vms import ALL_FIRMWARE_VMS
 
     names = tuple(v.strip() for v in text.split(",") if v.strip())
     for n in names:
+        _not_built(n)
         if n not in ALL_FIRMWARE_VMS:
             raise argparse.ArgumentTypeError(
                 f"unknown VM {n!r}; choose from {', '.join(ALL_FIRMWARE_VMS)}"
@@ -229,7 +238,8 @@ def do_verify(args: argparse.Namespace) -> int:
     float_model = None if args.float_model is None else _float_source(args)
     rep = verify(args.model, args.data, float_model, args.vm, args.split,
                  args.max_drop / 100, args.min_agreement / 100, args.label_column,
-                 layers=args.layers, task=args.task)
+                 layers=args.layers, task=args.task,
+                 max_mean_error=args.max_mean_error / 100)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else format_report(rep))
     return 0 if rep.ok else 1
 
@@ -425,11 +435,11 @@ def do_bench(args: argparse.Namespace) -> int:
         from .boards.mcubench import format_report as format_board
 
         cmd = "micromlp " + " ".join(sys.argv[1:])
-        body = BENCH_HEADER.format(cmd=cmd) if reports else f"# Benchmarks\n\n```\n{cmd}\n```\n"
+        body = BENCH_HEADER.format(cmd=cmd) if reports else ""
         body += "".join(format_report(r, markdown=True) + "\n" for r in reports)
-        if board_reports:
-            body += MCU_BENCH_HEADER + "".join(format_board(r, markdown=True) + "\n"
-                                               for r in board_reports)
+        if board_reports:  # a section of its own (docs/benchmarks.md appends it)
+            body += MCU_BENCH_HEADER.format(cmd=cmd) + "".join(
+                format_board(r, markdown=True) + "\n" for r in board_reports)
         Path(args.markdown).write_text(body)
         print(f"wrote {args.markdown}")
     tmp.cleanup()
@@ -495,6 +505,12 @@ up past every failing size in the 64 KB above (every 256 bytes up to 4 KB, then 
 
 MCU_BENCH_HEADER = """
 ## On MCU instruction sets: MicroPython's own Cortex-M boards in QEMU
+
+Produced by:
+
+```
+{cmd}
+```
 
 MicroPython v1.28.0 built from source for the qemu port's boards (host/boards/mcu.py)
 and run under `qemu-system-arm -icount shift=0,sleep=off`: the board's clock advances 1 ns per
@@ -678,6 +694,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-agreement", type=float, default=99.0, metavar="PERCENT",
                    help="fail when top-1 agreement with the float model is below this (99)")
     p.add_argument("--split", default="test", help="which split of the .npz (test)")
+    p.add_argument("--max-mean-error", type=float, default=2.0, metavar="PERCENT",
+                   help="regression: fail when an output's mean |fixed - float| is above "
+                   "this percentage of its span (2)")
     p.add_argument("--task", choices=("auto", "classification", "regression"),
                    default="auto", help="what to check against the float model: accuracy "
                    "and top-1 agreement, or R² and the error per output (auto: regression "

@@ -120,13 +120,13 @@ def test_a_two_output_regressor_is_verified_on_r2_and_error_per_output(tmp_path)
     j = json.loads(p.stdout)
     assert j["ok"] and j["task"] == "regression" and len(j["outputs"]) == 2
     assert {"bit_exact_all", "within_bound", "max_abs_error", "failures"} <= set(j)
-    # against a float model whose second output is off by 2 % of its span: that output
+    # against a float model whose second output is off by 5 % of its span: that output
     # fails, and a float model with other outputs is named
     import copy
 
     drift = copy.deepcopy(m)
     with torch.no_grad():
-        drift[2].bias[1] += 0.02 * rep.outputs[1]["span"]
+        drift[2].bias[1] += 0.05 * rep.outputs[1]["span"]
     bad = q.verify(x[400:], y[400:], vms="cpython", float_model=drift)
     assert [f for f in bad.failures if f.startswith("output 1: mean |fixed - float| is")]
     assert not [f for f in bad.failures if f.startswith("output 0")]

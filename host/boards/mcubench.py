@@ -9,7 +9,7 @@ board; .mpy from MicroPython's own mpy-cross, loaded into RAM as from a copied f
 which `mpremote mount` serves; .mpy in a ROMFS image, used in place; frozen into the
 firmware; frozen with the model): the heap the engine and model hold after a load and
 one run, a collection done (`gc.mem_alloc()` against the same figure before the
-engine was imported). Beside
+engine was imported; the caller's input and output arrays, made before, not counted). Beside
 them the same integer arithmetic in C, compiled for the same core (host/boards/cref.py).
 """
 
@@ -33,13 +33,13 @@ MIN_US = 20000  # time each kernel over at least this much board time (20 M inst
 _SCRIPT = """
 import gc, time
 from array import array
+x = array('i', {row!r})
+out = array('i', bytes(4 * {n_out}))
 gc.collect()
 a0 = gc.mem_alloc()
 import micromlp
 {model_import}
 net = micromlp.load({src})
-x = array('i', {row!r})
-out = array('i', bytes(4 * net.n_outputs))
 net.run(x, out)
 gc.collect()
 print('HELD', gc.mem_alloc() - a0)
@@ -155,6 +155,7 @@ def bench_board(board_name: str, model_path: str | Path, forms: tuple[str, ...] 
             script = _SCRIPT.format(
                 model_import="import model_mlp" if frozen_model else "",
                 src="model_mlp" if frozen_model else "'model.mlp'", row=row,
+                n_out=model.n_outputs,
                 kernels=_kernels(board) if form == "romfs" else (), min_us=MIN_US)
             (folder / "bench.py").write_text(script)
             out = mcu.run(board.name, folder, "bench.py", elf=elf, mount=form == "mpy")
@@ -178,8 +179,9 @@ def bench_board(board_name: str, model_path: str | Path, forms: tuple[str, ...] 
 
     try:
         rep.c_instructions, rep.c_note = cref.instructions(board.name, model, row)
-    except mcu.BoardError as e:
-        rep.c_note = f"no C reference: {e}"
+    except mcu.BoardError as e:  # the board's own last word (the M0 build loads no
+        # native code from .mpy: "ValueError: native code in .mpy unsupported")
+        rep.c_note = f"no C reference on {board.name}: {str(e).splitlines()[-1]}"
     return rep
 
 
@@ -203,7 +205,8 @@ def format_report(rep: McuBenchReport, mhz: float = 100.0, markdown: bool = Fals
              "frozen+model": "engine and model frozen"}
     held = [f"{forms[k]}: {v:,} B" for k, v in rep.held.items()]
     notes = [f"heap held after load + one run (gc.mem_alloc() after a collection, against "
-             f"the same before the engine's import): {'; '.join(held)}",
+             f"the same before the engine's import; the caller's input and output arrays "
+             f"not counted): {'; '.join(held)}",
              "kernels timed with the engine as .mpy in ROMFS; one net.run(x, out) per "
              "inference on "
              "an array('i') of dense random in-range inputs (the kernels skip zero "
