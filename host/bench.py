@@ -594,6 +594,12 @@ def format_report(rep: BenchReport, markdown: bool = False) -> str:
         )
         notes.append(f"heap in use once loaded and run once (`gc.mem_alloc()` after a "
                      f"collection, engine and model included; same forms): {resident}")
+    return render_table(title, head, rows, notes, markdown)
+
+
+def render_table(title: str, head: list[str], rows: list[list[str]], notes: list[str],
+                 markdown: bool = False) -> str:
+    """A titled table with notes below: aligned text, or a Markdown section."""
     if markdown:
         out = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(row) + " |" for row in rows]

@@ -188,24 +188,18 @@ def firmware(name: str, manifest: Path | None = None) -> Path:
 
 
 class Qemu:
-    """A board running in QEMU until stop(), its REPL on `port`: a pty (for a person, as
-    `micromlp board` gives it), or a loopback TCP socket (tcp=True: flow-controlled, and
-    the board waits for its client, so nothing it prints is lost; mpremote takes
-    socket://127.0.0.1:PORT)."""
+    """A board running in QEMU until stop(), its REPL on a pty (`port`); romfs: an image
+    QEMU places at the board's ROMFS address."""
 
     def __init__(self, name: str, elf: Path | None = None, icount: bool = True,
-                 tcp: bool = False, romfs: Path | None = None) -> None:
+                 romfs: Path | None = None) -> None:
         self.board = board(name)
         qemu = shutil.which("qemu-system-arm")
         if qemu is None:
             raise BoardError("qemu-system-arm is missing (apt-get install qemu-system-arm)")
         elf = elf or firmware(name)
-        serial = "pty"
-        if tcp:
-            self.port = f"socket://127.0.0.1:{_free_port()}"
-            serial = f"tcp:{self.port[9:]},server=on,wait=on"
         cmd = [qemu, "-machine", self.board.machine, "-nographic", "-monitor", "null",
-               "-semihosting", "-serial", serial, *self.board.qemu_args, "-kernel", str(elf)]
+               "-semihosting", "-serial", "pty", *self.board.qemu_args, "-kernel", str(elf)]
         if romfs is not None:
             cmd += ["-device", f"loader,file={romfs},addr={self.board.romfs:#x},force-raw=on"]
         if icount:
@@ -216,8 +210,6 @@ class Qemu:
             cmd[1:1] = ["-icount", "shift=0,sleep=off"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
-        if tcp:
-            return
         deadline, line = time.time() + 20, ""
         while time.time() < deadline:
             line = self.proc.stdout.readline()
@@ -241,14 +233,6 @@ class Qemu:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # What a run on a ROMFS image starts with: the image mounted at /rom, the current folder

@@ -208,15 +208,10 @@ def format_report(rep: McuBenchReport, mhz: float = 100.0, markdown: bool = Fals
              f"the same before the engine's import; the caller's input and output arrays "
              f"not counted): {'; '.join(held)}",
              "kernels timed with the engine as .mpy in ROMFS; one net.run(x, out) per "
-             "inference on "
-             "an array('i') of dense random in-range inputs (the kernels skip zero "
-             "inputs: real ReLU-sparse data costs less)"]
+             "inference on an array('i') of dense random in-range inputs (the kernels skip "
+             "zero inputs: real ReLU-sparse data costs less)"]
     if rep.c_note:
         notes.append(rep.c_note)
-    if markdown:
-        out = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        out += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(out + [""] + [f"- {n}" for n in notes]) + "\n"
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
-    return "\n".join([title, line(head)] + [line(r) for r in rows] + notes)
+    from ..bench import render_table
+
+    return render_table(title, head, rows, notes, markdown)
