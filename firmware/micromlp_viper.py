@@ -389,16 +389,23 @@ def net8() -> int:
     # SRC is not an array('i') of the right length (nothing is computed).
     # Same integers as linear8 layer by layer (tests/test_engine.py): four rows share
     # each pass over x (each input loaded and zero-tested once per four multiply-adds;
-    # two or one at a layer's end, and one where inputs can be negative). The hottest
-    # variables are assigned first: viper keeps its first three locals in registers.
+    # two or one at a layer's end, and one where inputs can be negative). Each row's
+    # weights are read through a view of its own (w0..w3 at the row's start), all by
+    # the input's index. The hottest variables are assigned first: viper keeps its
+    # first locals in registers (two on Thumb: i and xv, which every multiply-add
+    # reads; three on x64), the rest in the frame.
     i = 0
-    k = 0
     xv = 0
     a0 = 0
     a1 = 0
     a2 = 0
     a3 = 0
+    k = 0
     n = 0
+    w0 = ptr8(0)
+    w1 = ptr8(0)
+    w2 = ptr8(0)
+    w3 = ptr8(0)
     plan = PLAN
     x = ptr32(plan[0])
     b = ptr32(plan[1])  # Net.bounds: n, lo, hi, ..., 64-bit sign extension at b[6]
@@ -450,8 +457,6 @@ def net8() -> int:
             i += 1
         s = s << 7
         o = 0
-        n2 = n + n
-        n3 = n2 + n
         while o < end:
             j = _Q + 4 * o
             a0 = 0 - s
@@ -473,38 +478,37 @@ def net8() -> int:
                     a2 += (q[j + 8] << sx) >> sx
                     a3 += (q[j + 12] << sx) >> sx
             i = 0
+            w0 = ptr8(int(w) + k)
+            w1 = ptr8(int(w0) + n)
+            w2 = ptr8(int(w1) + n)
+            w3 = ptr8(int(w2) + n)
+            k += rows * n
             if xsx:  # inputs that can be negative: one row at a time, sign-extended
                 while i < n:
-                    a0 += int(w[k]) * ((x[i] << xsx) >> xsx)
+                    a0 += int(w0[i]) * ((x[i] << xsx) >> xsx)
                     i += 1
-                    k += 1
             elif rows == 4:
                 while i < n:
                     xv = x[i]
                     if xv:
-                        a0 += int(w[k]) * xv
-                        a1 += int(w[k + n]) * xv
-                        a2 += int(w[k + n2]) * xv
-                        a3 += int(w[k + n3]) * xv
+                        a0 += int(w0[i]) * xv
+                        a1 += int(w1[i]) * xv
+                        a2 += int(w2[i]) * xv
+                        a3 += int(w3[i]) * xv
                     i += 1
-                    k += 1
-                k += n3
             elif rows == 2:
                 while i < n:
                     xv = x[i]
                     if xv:
-                        a0 += int(w[k]) * xv
-                        a1 += int(w[k + n]) * xv
+                        a0 += int(w0[i]) * xv
+                        a1 += int(w1[i]) * xv
                     i += 1
-                    k += 1
-                k += n
             else:
                 while i < n:
                     xv = x[i]
                     if xv:
-                        a0 += int(w[k]) * xv
+                        a0 += int(w0[i]) * xv
                     i += 1
-                    k += 1
             t = 0
             while t < rows:
                 acc = a0

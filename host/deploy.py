@@ -453,8 +453,9 @@ def _line(out: bytes, key: str) -> list[str]:
 
 
 def self_test(t, model: QuantModel, p: Plan, board: Board, vectors: int = 3,
-              runs: int = 10) -> SelfTest:
-    """Run stored test vectors on the board; expected integers from the host reference."""
+              runs: int = 10, reset: bool = False) -> SelfTest:
+    """Run stored test vectors on the board; expected integers from the host reference.
+    reset: the board survives a soft reset (the cleanup then starts from a fresh heap)."""
     xs, es = _vectors(model, vectors)
     rows = [np.concatenate([x, e]) for x, e in zip(xs, es, strict=True)]
     write_file(t, "mlp_test.bin", np.array(rows, dtype="<i4").tobytes(), board)
@@ -472,8 +473,14 @@ def self_test(t, model: QuantModel, p: Plan, board: Board, vectors: int = 3,
         dt, alloc = (float(v) for v in _line(_exec(t, f"_mlp_time({runs})", "timing"), "TIME"))
     except DeployError:  # no heap left for the figures: the check is what counts
         dt = alloc = -1.0
-    _exec(t, "net = out = None\nimport os\nos.remove('mlp_test.bin')\ngc.collect()",
-          "cleaning up")
+    # The parser needs a free block in the heap the loaded model leaves in pieces: on a
+    # micro:bit even `net = None` failed to compile now and then. A soft reset gives the
+    # cleanup a fresh heap where the board survives one; elsewhere the model goes first.
+    if reset:
+        _reset(t)
+    else:
+        _exec(t, "net = out = None\ngc.collect()", "cleaning up")
+    _exec(t, "import os\nos.remove('mlp_test.bin')", "cleaning up")
     return SelfTest(passed, len(xs), None if dt < 0 else dt, free,
                     None if alloc < 0 else alloc)
 
@@ -543,7 +550,7 @@ def deploy(
         )
         if was_reset:  # the self-test starts from a fresh heap, as the board's main.py will
             _reset(t)
-        test = self_test(t, model, p, board)
+        test = self_test(t, model, p, board, reset=was_reset)
         speed = "n/a" if test.us_per_inference is None else f"{test.us_per_inference:.0f} us"
         log(
             f"self-test: {test.passed}/{test.total} vectors match the host reference; "
