@@ -136,8 +136,14 @@ def _stage(
     model_path: Path, xq: np.ndarray, workdir: Path, mpy: bool = False, tiny: bool = False
 ) -> None:
     stage_firmware(workdir, mpy, tiny)
-    shutil.copy(model_path, workdir / "model.mlp")
-    np.ascontiguousarray(xq, dtype="<i4").tofile(workdir / "inputs.bin")
+    _stage_job(model_path, xq, workdir)
+
+
+def _stage_job(model_path: Path, xq: np.ndarray, folder: Path) -> None:
+    # what the driver's job() reads: model.mlp, and the inputs as little-endian int32 rows
+    folder.mkdir(exist_ok=True)
+    shutil.copy(model_path, folder / "model.mlp")
+    np.ascontiguousarray(xq, dtype="<i4").tofile(folder / "inputs.bin")
 
 
 def _parse(stdout: str, vm: str, n: int, n_out: int) -> np.ndarray:
@@ -158,9 +164,8 @@ def _parse_jobs(stdout: str, vm: str, shapes: list[tuple[int, int]]) -> list[np.
         except ValueError:
             tail = "\n".join(lines[-5:])
             raise VMError(f"{vm}: the run did not finish; last output:\n{tail}") from None
-        out = np.array([[int(v) for v in row.split()] for row in lines[begin + 1:end]],
-                       dtype=np.int64).reshape(-1, n_out) if end > begin + 1 else \
-            np.zeros((0, n_out), np.int64)
+        rows = [[int(v) for v in row.split()] for row in lines[begin + 1:end]]
+        out = np.array(rows, dtype=np.int64) if rows else np.zeros((0, n_out), np.int64)
         if out.shape != (n, n_out):
             raise VMError(f"{vm}: expected {n}x{n_out} outputs, got shape {out.shape}")
         outs.append(out)
@@ -265,12 +270,9 @@ def run_mcu_jobs(board: str, jobs: list[tuple[Path, np.ndarray, int]],
     with tempfile.TemporaryDirectory(prefix=f"micromlp-{board}-") as tmp:
         tmp = Path(tmp)
         stage_firmware(tmp, tiny=kernel == "tiny", viper=mcu.board(board).viper)
-        folders = []
         for i, (model_path, xq, _) in enumerate(jobs):
-            (tmp / str(i)).mkdir()
-            shutil.copy(model_path, tmp / str(i) / "model.mlp")
-            np.ascontiguousarray(xq, dtype="<i4").tofile(tmp / str(i) / "inputs.bin")
-            folders.append(f"/rom/{i}")
+            _stage_job(model_path, xq, tmp / str(i))
+        folders = [f"/rom/{i}" for i in range(len(jobs))]
         (tmp / "driver.py").write_text(_driver("/rom", kernel, stream, folders))
         try:
             out = mcu.run(board, tmp, "driver.py", timeout)

@@ -34,25 +34,19 @@ class FirmwareBuild:
     frozen: list[str]  # the frozen modules' names
 
 
-def engine_modules(viper: bool) -> list[Path]:
-    """The engine's files that are frozen: the full engine, viper where the core has it
-    (the tiny engine is for ~10 KB heaps that compile from source; frozen, the full
-    engine costs less RAM than it)."""
-    from .. import vms
-
-    return vms.firmware_files(viper=viper)
-
-
 def write_manifest(out: Path, viper: bool, model: Path | None = None) -> tuple[Path, list[str]]:
     """out/manifest.py, with out/engine/ and out/model_mlp.py beside it."""
     from ...export import modelfile
     from ...export.pymodule import module_source
+    from .. import vms
 
     out.mkdir(parents=True, exist_ok=True)
     engine = out / "engine"
     shutil.rmtree(engine, ignore_errors=True)
     engine.mkdir()
-    files = engine_modules(viper)
+    # the full engine, viper where the core has it (the tiny engine is for ~10 KB heaps
+    # that compile from source; frozen, the full engine costs less RAM than it)
+    files = vms.firmware_files(viper=viper)
     for f in files:
         shutil.copy(f, engine / f.name)
     frozen = [f.stem for f in files]
