@@ -13,10 +13,11 @@
 # reads the file with it and drops it, then imports micromlp_net.py (the kernels
 # and the Net), so the reader's code and a loaded model never share the heap.
 # micromlp_float.py (net.quantize and the rest of the float API) is imported on
-# first use, micromlp_viper.py (the fast kernels) where the port has viper.
+# first use, micromlp_viper.py (the fast kernels) where the port has viper, and
+# micromlp_c.mpy (the kernels in C, firmware/native/) where it is on the path.
 
 VERSION = "0.1.0"
-KERNELS = ("viper", "native", "portable")
+KERNELS = ("c", "viper", "native", "portable")
 
 
 class ModelError(ValueError):
@@ -125,7 +126,8 @@ def _read(f, keep, bits):
 def load(src, kernel=None, stream=False, chunk=2048):
     """Load a model from a path, an open binary file, or a module holding MODEL bytes.
 
-    kernel: 'viper', 'native' or 'portable' (default: the fastest this port has).
+    kernel: 'c' (micromlp_c.mpy, the native module for this port's architecture),
+    'viper', 'native' or 'portable' (default: the fastest this port has).
     stream=True keeps the weights in the file (path or file only) and reads
     `chunk` bytes of them at a time (at least four rows of the widest layer):
     RAM grows with layer width, not with the number of parameters.

@@ -1,9 +1,10 @@
 # micromlp_net: the kernels and the Net of micromlp.py, imported by micromlp.load()
 # once the file is read (micromlp_load.py checks it and is dropped first).
 #
-# Kernels: 'viper' and 'native' live in micromlp_viper.py (ports without the viper
-# emitter cannot even compile that file); 'portable' is below. All three compute the
-# same integers. Integer arithmetic only, MicroPython 1.9-era syntax.
+# Kernels: 'c' is micromlp_c.mpy, a native module built for one architecture
+# (firmware/native/); 'viper' and 'native' live in micromlp_viper.py (ports without the
+# viper emitter cannot even compile that file); 'portable' is below. All four compute
+# the same integers. Integer arithmetic only, MicroPython 1.9-era syntax.
 
 from array import array
 
@@ -31,6 +32,21 @@ try:
     import micromlp_viper as _fast
 except (ImportError, SyntaxError, NameError):
     _fast = None
+
+C_ABI = 1  # the micromlp_c this engine calls (micromlp_c.c's ABI)
+C_NOTE = None  # why a micromlp_c.mpy on the path was not taken, if one was not
+try:
+    import micromlp_c as _c
+
+    if getattr(_c, "ABI", None) != C_ABI:
+        C_NOTE = "micromlp_c.mpy (%s) has ABI %r, this engine needs %d" % (
+            getattr(_c, "ARCH", "?"), getattr(_c, "ABI", None), C_ABI)
+        _c = None
+except ImportError:  # not on the board: nothing to say
+    _c = None
+except Exception as e:  # another architecture, another .mpy version, a damaged file
+    C_NOTE = "micromlp_c.mpy not loaded: %s: %s" % (type(e).__name__, e)
+    _c = None
 
 # A layer's parameters as one int32 array q, shared by every kernel; its slots:
 _N_IN = const(0)  # inputs
@@ -215,6 +231,11 @@ def _kernel(name, wsize):
     # The kernel function for a layer (micromlp.load has checked the name).
     if name == "portable":
         return _linear
+    if name == "c":
+        if _c is None:
+            raise ValueError("kernel 'c' needs micromlp_c.mpy built for this port's "
+                             "architecture (firmware/native/): %s" % (C_NOTE or "not found"))
+        return _c.linear8 if wsize == 1 else _c.linear16
     if _fast is None:
         raise ValueError("kernel %r needs micromlp_viper.py and a port with viper" % name)
     if name == "viper":
@@ -260,16 +281,21 @@ class Net:
         self.out_scale = out_scale
         self.kernel = kernel
         self.stream = None  # the open model file when weights stay on storage
-        fast = _fast if kernel == "viper" else None
+        # the viper module where this net runs on viper, or on C with viper beside it
+        # (the float API's quantize, and 64-bit sign extension in bounds, come from it)
+        fast = _fast if kernel in ("viper", "c") else None
+        # the bytecode kernels take a caller's array of ints in range as it is
+        self.bytecode = kernel in ("native", "portable")
         # the clamped inputs: an array('i'), so a float in x is refused, not computed with
         self.x = array("i", bytes(4 * self.n_inputs))
         self.y = layers[-1].y  # the last layer's outputs (predict reads them in place)
         # what run() needs, gathered once: the input clamp, each layer's kernel
         # call, and the copy of the result
-        self.fast = fast  # micromlp_viper where this net runs on viper, else None
-        self.prep = fast.prep if fast else _prep
-        self.copy = fast.copy if fast else _copy
-        self.argmax = fast.argmax if fast else _argmax
+        self.fast = fast  # micromlp_viper (see above), else None
+        kern = _c if kernel == "c" else fast  # the module with prep, copy and argmax
+        self.prep = kern.prep if kern else _prep
+        self.copy = kern.copy if kern else _copy
+        self.argmax = kern.argmax if kern else _argmax
         self.lim = [in_lo, in_hi]
         # viper sign-extends 32-bit loads on 64-bit ports where values can be < 0
         sx = 32 if fast and bits == 64 else 0
@@ -295,21 +321,24 @@ class Net:
 
     def _ready(self):
         # Each layer's kernel call, gathered once its weights are in place; for viper
-        # with 8-bit weights in RAM, the whole network as one call (micromlp_viper.net8)
+        # and C with 8-bit weights in RAM, the whole network as one call (net8)
         self.plan = tuple([(layer.fn, self._weights(layer, layer.w), layer.q, layer.y)
                            for layer in self.layers])
         self.net8 = None
-        if self.kernel == "viper" and self.stream is None and all(
+        if self.kernel in ("viper", "c") and self.stream is None and all(
                 [layer.wsize == 1 for layer in self.layers]):
             flat = [self.x, self.bounds]
+            if self.kernel == "c":  # and room for the inputs packed in pairs (its DSP path)
+                widest = max([layer.n_in for layer in self.layers])
+                flat.append(array("i", bytes(_c.SCRATCH * (widest & ~3))))
             for layer in self.layers:
                 flat += [layer.w, layer.q, layer.y]
             self.net8 = tuple(flat)
         return self
 
     def _weights(self, layer, w):
-        # the weights argument of layer's kernel: viper takes w, the others _lanes(w)
-        return w if w is None or self.kernel == "viper" else _lanes(w, layer.n_in)
+        # the weights argument of layer's kernel: viper and C take w, the others _lanes(w)
+        return w if w is None or not self.bytecode else _lanes(w, layer.n_in)
 
     def __repr__(self):
         return "Net(%s)" % ", ".join([repr(layer) for layer in self.layers])
@@ -336,10 +365,12 @@ class Net:
         return self.argmax(self.y, self.bounds)
 
     def _net8(self, x):
-        # The one viper call (clamp and every layer; no bytecode frame, so nothing is
-        # allocated even without heap_lock) where x is an array('i'): True if it ran.
+        # The one viper or C call (clamp and every layer; no bytecode frame, so nothing
+        # is allocated even without heap_lock) where x is an array('i'): True if it ran.
         if self.net8 is None or type(x) is not array:
             return False
+        if self.kernel == "c":
+            return _c.net8(x, self.net8)
         _fast.PLAN = self.net8
         _fast.SRC = x
         done = _fast.net8()
@@ -353,7 +384,7 @@ class Net:
         # max run in C: no copy, and no bytecode loop over the inputs).
         if len(x) != self.n_inputs:
             raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
-        if not (self.fast is None and type(x) is array and type(x[0]) is int
+        if not (self.bytecode and type(x) is array and type(x[0]) is int
                 and min(x) >= self.in_lo and max(x) <= self.in_hi):
             self.prep(x, self.x, self.bounds, self.lim)
             x = self.x
@@ -440,13 +471,16 @@ class Net:
 
 
 def build(parts, kernel, bits):
-    # The Net from micromlp_load.read's parts; kernel None: the fastest this port has;
-    # bits: the port's word size.
+    # The Net from micromlp_load.read's parts; kernel None: the fastest this port has
+    # (saying so where a micromlp_c.mpy was there and could not be used); bits: the
+    # port's word size.
     if kernel is None:
-        kernel = "viper" if _fast else "portable"
+        kernel = "c" if _c else ("viper" if _fast else "portable")
+        if C_NOTE:
+            print("micromlp: %s; using the %s kernel" % (C_NOTE, kernel))
     layers = []
     for q, w, w_pos, wsize, relu in parts[0]:
-        layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel == "viper")
+        layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel in ("viper", "c"))
         layer.w_pos = w_pos
         layers.append(layer)
     net = Net(layers, parts[1], parts[2], parts[3], kernel, bits)

@@ -106,13 +106,15 @@ def _driver(dir: str, kernel: str | None, stream: bool, folders: list[str] | Non
 
 
 def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False,
-                   viper: bool = True) -> None:
+                   viper: bool = True, native: str | None = None) -> None:
     """Copy the engine into workdir, as .py or (what a small board gets) as .mpy.
 
     The viper module's .mpy holds machine code, so it is built for this host's
     unix port (x64); elsewhere it stays .py; viper=False leaves it out (the portable
-    kernel only). tiny: the cut-down engine (firmware/micromlp_tiny.py) as
-    micromlp.py, as deploy sends it to small boards.
+    kernel only). native: the architecture whose micromlp_c.mpy (the C kernels,
+    firmware/native/) goes beside the engine, as deploy sends it; None: none.
+    tiny: the cut-down engine (firmware/micromlp_tiny.py) as micromlp.py, as deploy
+    sends it to small boards.
     """
     from ..export.pymodule import mpy_cross
 
@@ -130,12 +132,22 @@ def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False,
             mpy_cross(f, workdir / (f.stem + ".mpy"), ["-march=x64"])
         else:
             shutil.copy(f, workdir / f.name)
+    if native:
+        from .boards import native as natmod
+
+        shutil.copy(natmod.module_path(native), workdir / natmod.MODULE)
+
+
+def unix_native() -> str | None:
+    """The micromlp_c build the unix port here loads (x64 on x86-64), or None."""
+    return "x64" if platform.machine() in ("x86_64", "AMD64") else None
 
 
 def _stage(
-    model_path: Path, xq: np.ndarray, workdir: Path, mpy: bool = False, tiny: bool = False
+    model_path: Path, xq: np.ndarray, workdir: Path, mpy: bool = False, tiny: bool = False,
+    native: str | None = None
 ) -> None:
-    stage_firmware(workdir, mpy, tiny)
+    stage_firmware(workdir, mpy, tiny, native=native)
     _stage_job(model_path, xq, workdir)
 
 
@@ -194,7 +206,8 @@ def run_unix(
     """Outputs of the engine on the MicroPython unix port (64-bit)."""
     with tempfile.TemporaryDirectory(prefix="micromlp-unix-") as tmp:
         tmp = Path(tmp)
-        _stage(model_path, xq, tmp, mpy=heapsize is not None, tiny=kernel == "tiny")
+        _stage(model_path, xq, tmp, mpy=heapsize is not None, tiny=kernel == "tiny",
+               native=unix_native())
         (tmp / "driver.py").write_text(_driver(str(tmp), kernel, stream))
         cmd = [unix_exe()] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + ["driver.py"]
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout)
@@ -269,7 +282,8 @@ def run_mcu_jobs(board: str, jobs: list[tuple[Path, np.ndarray, int]],
 
     with tempfile.TemporaryDirectory(prefix=f"micromlp-{board}-") as tmp:
         tmp = Path(tmp)
-        stage_firmware(tmp, tiny=kernel == "tiny", viper=mcu.board(board).viper)
+        b = mcu.board(board)
+        stage_firmware(tmp, tiny=kernel == "tiny", viper=b.viper, native=b.native)
         for i, (model_path, xq, _) in enumerate(jobs):
             _stage_job(model_path, xq, tmp / str(i))
         folders = [f"/rom/{i}" for i in range(len(jobs))]

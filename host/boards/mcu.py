@@ -46,6 +46,12 @@ class McuBoard:
     romfs_max: int  # its size limit
     qemu_args: tuple[str, ...] = ()
 
+    @property
+    def native(self) -> str | None:
+        """The micromlp_c.mpy build this board loads (firmware/native/), or None where
+        its firmware loads no native code (the M0 build)."""
+        return self.march if self.viper else None
+
 
 BOARDS = {
     b.name: b

@@ -25,7 +25,8 @@ import numpy as np
 from ...export import modelfile
 from . import mcu
 
-FORMS = ("py", "mpy", "romfs", "frozen", "frozen+model")
+FORMS = ("py", "mpy", "romfs", "romfs+c", "frozen", "frozen+model")
+TIMED_FORM = "romfs+c"  # where every kernel is timed: the engine and micromlp_c.mpy in ROMFS
 # time.ticks_us() runs on the board's clock: at -icount shift=0, 1 us = 1000 instructions
 INSTRUCTIONS_PER_US = 1000
 MIN_US = 20000  # time each kernel over at least this much board time (20 M instructions)
@@ -93,7 +94,10 @@ class McuBenchReport:
 
 
 def _kernels(board: mcu.McuBoard) -> tuple[str, ...]:
-    return ("viper", "native", "portable") if board.viper else ("portable",)
+    if not board.viper:
+        return ("portable",)
+    return ("c", "viper", "native", "portable") if board.native else ("viper", "native",
+                                                                      "portable")
 
 
 def _stage(folder: Path, form: str, board: mcu.McuBoard) -> None:
@@ -102,6 +106,10 @@ def _stage(folder: Path, form: str, board: mcu.McuBoard) -> None:
 
     if form.startswith("frozen"):
         return
+    if form == "romfs+c" and board.native:
+        from . import native
+
+        shutil.copy(native.module_path(board.native), folder / native.MODULE)
     for f in vms.firmware_files(viper=board.viper):
         if form == "py":
             shutil.copy(f, folder / f.name)
@@ -156,7 +164,7 @@ def bench_board(board_name: str, model_path: str | Path, forms: tuple[str, ...] 
                 model_import="import model_mlp" if frozen_model else "",
                 src="model_mlp" if frozen_model else "'model.mlp'", row=row,
                 n_out=model.n_outputs,
-                kernels=_kernels(board) if form == "romfs" else (), min_us=MIN_US)
+                kernels=_kernels(board) if form == TIMED_FORM else (), min_us=MIN_US)
             (folder / "bench.py").write_text(script)
             out = mcu.run(board.name, folder, "bench.py", elf=elf, mount=form == "mpy")
             lines = out.splitlines()
@@ -201,15 +209,17 @@ def format_report(rep: McuBenchReport, mhz: float = 100.0, markdown: bool = Fals
              f"shift=0,sleep=off): model {rep.layers} ({rep.macs} multiply-adds)")
     forms = {"py": "engine .py (compiled on the board)", "mpy": "engine .mpy (in RAM)",
              "romfs": "engine .mpy in ROMFS (in place)",
+             "romfs+c": "engine .mpy and micromlp_c.mpy in ROMFS",
              "frozen": "engine frozen, model from a file",
              "frozen+model": "engine and model frozen"}
     held = [f"{forms[k]}: {v:,} B" for k, v in rep.held.items()]
     notes = [f"heap held after load + one run (gc.mem_alloc() after a collection, against "
              f"the same before the engine's import; the caller's input and output arrays "
              f"not counted): {'; '.join(held)}",
-             "kernels timed with the engine as .mpy in ROMFS; one net.run(x, out) per "
-             "inference on an array('i') of dense random in-range inputs (the kernels skip "
-             "zero inputs: real ReLU-sparse data costs less)"]
+             "kernels timed with the engine and micromlp_c.mpy as .mpy in ROMFS; one "
+             "net.run(x, out) per inference on an array('i') of dense random in-range "
+             "inputs (viper and the bytecode kernels skip zero inputs: real ReLU-sparse "
+             "data costs them less; C does every multiply-add)"]
     if rep.c_note:
         notes.append(rep.c_note)
     from ..bench import render_table
