@@ -4,7 +4,7 @@
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 
-.PHONY: install install-boards demo test screenshot
+.PHONY: install install-boards demo test screenshot native
 
 install:
 	$(PIP) install -q --disable-pip-version-check "torch==2.13.0" -e ".[test]"
@@ -28,3 +28,8 @@ test: install install-boards
 # The README's playground picture (docs/playground.png), from the playground test's run
 screenshot: install install-boards
 	MICROMLP_SCREENSHOT=1 $(PYTHON) -m pytest -q tests/test_playground.py -k page
+
+# firmware/native/<arch>/micromlp_c.mpy from firmware/native/micromlp_c.c, for every
+# architecture whose compiler is here (tests/test_native.py checks the committed ones)
+native:
+	$(PYTHON) -m micromlp.host.boards.native build

@@ -34,8 +34,39 @@ except (ImportError, SyntaxError, NameError):
     _fast = None
 
 C_ABI = 1  # the micromlp_c this engine calls (micromlp_c.c's ABI)
-C_NOTE = None  # why a micromlp_c.mpy on the path was not taken, if one was not
+
+
+def _c_damaged():
+    # MicroPython's .mpy reader loops forever on a truncated file, so before the import
+    # the file's last 8 bytes must be the trailer its build appended: b'MLPC' and the
+    # file's length. What is wrong, or None (also where there is no such file).
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return None
+    for d in sys.path:
+        name = (d + "/" if d else "") + "micromlp_c.mpy"
+        try:
+            f = open(name, "rb")
+        except OSError:
+            continue
+        try:
+            n = f.seek(0, 2)
+            f.seek(n - 8 if n > 8 else 0)
+            t = f.read(8)
+        finally:
+            f.close()
+        if len(t) == 8 and t[:4] == b"MLPC" and (
+                t[4] | t[5] << 8 | t[6] << 16 | t[7] << 24) == n:
+            return None
+        return "%s is damaged (%d bytes, no trailer with its length)" % (name, n)
+    return None
+
+
+C_NOTE = _c_damaged()  # why a micromlp_c.mpy on the path was not taken, if one was not
 try:
+    if C_NOTE:
+        raise ImportError
     import micromlp_c as _c
 
     if getattr(_c, "ABI", None) != C_ABI:

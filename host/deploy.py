@@ -70,6 +70,7 @@ class Plan:
     viper: bool
     stream: bool
     reasons: list[str] = field(default_factory=list)
+    native: str | None = None  # the micromlp_c.mpy build sent (firmware/native/<arch>/)
 
 
 @dataclass
@@ -317,7 +318,32 @@ def plan(board: Board, model: QuantModel, fmt: str | None, stream: bool | None) 
             f"Try {'' if stream else '--stream, '}fewer or narrower layers, or a board with "
             f"more RAM"
         )
-    return Plan(engine, form, board.viper and engine == "full", stream, reasons)
+    native = _native_for(board, reasons) if engine == "full" else None
+    return Plan(engine, form, board.viper and engine == "full", stream, reasons, native)
+
+
+def _native_for(board: Board, reasons: list[str]) -> str | None:
+    """The micromlp_c.mpy build for the board's architecture, where its firmware loads
+    that module's .mpy version (the same version and sub-version, as native code needs);
+    the reason, either way, goes into reasons."""
+    from .boards import native
+
+    arch = native.arch_of(board.mpy)
+    if arch is None:
+        reasons.append("no C kernels: the board's firmware loads no native code from .mpy")
+        return None
+    build = native.module_for(arch)
+    if build is None:
+        why = native.NOT_BUILT.get(arch, "no build of micromlp_c for it")
+        reasons.append(f"no C kernels: {arch}: {why}")
+        return None
+    head = native.module_path(build).read_bytes()[:3]
+    if board.mpy & 0xFF != head[1] or (board.mpy >> 8) & 3 != head[2] & 3:
+        reasons.append(f"no C kernels: the board's .mpy version is {board.mpy & 0xFF}."
+                       f"{(board.mpy >> 8) & 3}, micromlp_c.mpy is {head[1]}.{head[2] & 3}")
+        return None
+    reasons.append(f"micromlp_c.mpy ({build}): the kernels in C for this board's {arch} core")
+    return build
 
 
 def minify(source: str) -> str:
@@ -354,6 +380,10 @@ def engine_files(p: Plan) -> dict[str, bytes]:
                 files[part.stem + ".mpy"] = out.read_bytes()
         else:  # viper machine code is per architecture: send source, compiled on the board
             files[part.name] = part.read_bytes()
+    if p.native:
+        from .boards import native
+
+        files[native.MODULE] = native.module_path(p.native).read_bytes()
     return files
 
 
@@ -541,7 +571,8 @@ def deploy(
         # the previous engine's files go only once the new ones are all on the board (a
         # failed copy leaves a working engine); a stale .py would shadow a new .mpy
         engine = vms.firmware_files() + vms.tiny_loader_files()
-        stale = ({f.stem + ".mpy" for f in engine} | {f.name for f in engine}) - set(files)
+        stale = ({f.stem + ".mpy" for f in engine} | {f.name for f in engine}
+                 | {"micromlp_c.mpy"}) - set(files)
         _exec(
             t,
             "import os\nfor n in " + repr(sorted(stale))

@@ -273,17 +273,18 @@ def run_webassembly(
 
 def run_mcu_jobs(board: str, jobs: list[tuple[Path, np.ndarray, int]],
                  kernel: str | None = None, stream: bool = False,
-                 timeout: float = 300) -> list[np.ndarray]:
+                 timeout: float = 300, c_build: str | None = None) -> list[np.ndarray]:
     """Outputs of the engine on an MCU board in QEMU (host/boards/mcu.py), for several
     models in one boot: each job is (model file, input integers, outputs per row). The
     engine and the files reach the board in a ROMFS image (the engine as source, which
-    the board compiles as it would a copied .py), every inference under heap_lock."""
+    the board compiles as it would a copied .py; beside it the board's micromlp_c.mpy,
+    or the build c_build names), every inference under heap_lock."""
     from .boards import BoardError, mcu
 
     with tempfile.TemporaryDirectory(prefix=f"micromlp-{board}-") as tmp:
         tmp = Path(tmp)
         b = mcu.board(board)
-        stage_firmware(tmp, tiny=kernel == "tiny", viper=b.viper, native=b.native)
+        stage_firmware(tmp, tiny=kernel == "tiny", viper=b.viper, native=c_build or b.native)
         for i, (model_path, xq, _) in enumerate(jobs):
             _stage_job(model_path, xq, tmp / str(i))
         folders = [f"/rom/{i}" for i in range(len(jobs))]

@@ -33,6 +33,10 @@ ARCHS = [
     # wide layers whose inputs are negative too (the high byte floors: -1 >> 8 == -1)
     ("w16-a16-signed-inputs", [6, 16, 3], [False, True], "int",
      QuantOptions(weight_bits=16, act_bits=16, input_range=(-32767, 32767))),
+    # 8-bit weights on inputs at the edges of 16 bits, negative too (C's DSP path packs
+    # inputs into halfwords: its condition's edge)
+    ("a16-signed-inputs", [12, 16, 3], True, "int",
+     QuantOptions(act_bits=16, input_range=(-32768, 32767))),
 ]
 # (vm, kernel, stream): every kernel on the unix port (it has all three), the
 # portable one on CPython, 32-bit WASI and WebAssembly, and streaming weights from the file.
@@ -43,6 +47,9 @@ BACKENDS = [
     ("unix", "native", False),
     ("unix", "portable", False),
     ("unix", "viper", True),
+    # the C kernels (firmware/native/x64/micromlp_c.mpy): whole-net and streaming
+    ("unix", "c", False),
+    ("unix", "c", True),
     ("wasm", "portable", False),
     ("wasm", "portable", True),
     # MicroPython's WebAssembly port (the browser's, here under Node)
@@ -164,7 +171,8 @@ def test_input_clamp_and_predict_on_firmware(exported):
 # MicroPython's own Cortex-M boards in QEMU (host/boards/mcu.py): every architecture of
 # the matrix in one boot per kernel. The M0 has no viper or native emitter.
 MCU_BACKENDS = [(board, kernel, stream) for board in ("cortex-m3", "cortex-m7")
-                for kernel, stream in (("viper", False), ("native", False), ("portable", False),
+                for kernel, stream in (("c", False), ("c", True), ("viper", False),
+                                       ("native", False), ("portable", False),
                                        ("viper", True), ("tiny", False))] + [
     ("cortex-m0", "portable", False), ("cortex-m0", "portable", True),
     ("cortex-m0", "tiny", True)]
@@ -193,6 +201,20 @@ def test_mcu_board_bit_exact_with_reference(every_arch, board, kernel, stream):
     outs = vms.run_mcu_jobs(board, [(path, xq, model.n_outputs)
                                     for _, path, model, xq, _ in cases], kernel, stream)
     for (name, _, _, _, ref), out in zip(cases, outs, strict=True):
+        assert np.array_equal(out, ref), name
+
+
+# The other ARM builds on the boards that load them: a Cortex-M3 loads the armv6m build
+# (RP2040's), a Cortex-M7 the armv7emsp one (Cortex-M4F's, with the DSP path)
+OTHER_BUILDS = [("cortex-m3", "armv6m"), ("cortex-m7", "armv7emsp")]
+
+
+@pytest.mark.parametrize("board, build", OTHER_BUILDS, ids=[f"{b}-{a}" for b, a in OTHER_BUILDS])
+def test_mcu_board_runs_other_c_builds_bit_exact(every_arch, board, build):
+    outs = vms.run_mcu_jobs(board, [(path, xq, model.n_outputs)
+                                    for _, path, model, xq, _ in every_arch], "c",
+                            c_build=build)
+    for (name, _, _, _, ref), out in zip(every_arch, outs, strict=True):
         assert np.array_equal(out, ref), name
 
 

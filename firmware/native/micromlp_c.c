@@ -72,30 +72,30 @@ static char *put_int(char *p, int32_t v) {
     return p;
 }
 
-static MP_NORETURN void fail(const char *what, const char *a, int32_t got, const char *b, int32_t want) {
-    char msg[120];
-    char *p = put(put(msg, "micromlp_c: "), what);
-    p = put_int(put(p, a), got);
-    if (b) {
-        p = put_int(put(p, b), want);
-    }
+static MP_NORETURN void raise(char *msg, char *p) {
     mp_raise_type_arg(&mp_type_ValueError, mp_obj_new_str(msg, p - msg));
 }
 
 // A buffer's data after checking its typecode and that it holds at least `need` bytes.
 static void *buffer(mp_obj_t o, char typecode, int32_t need, const char *what) {
     mp_buffer_info_t bi;
+    char msg[100];
+    char *p = put(put(msg, "micromlp_c: "), what);
+    char want[2] = {typecode == 'B' ? 'B' : typecode, 0};
     if (!mp_get_buffer(o, &bi, MP_BUFFER_READ)) {
-        fail(what, " is not a buffer", 0, NULL, 0);
+        raise(msg, put(put(put(p, " is not a buffer (expected typecode '"), want), "')"));
     }
     // 'B': bytes (typecode 'B'), a bytearray (MicroPython's BYTEARRAY_TYPECODE, 1) or
     // another byte buffer
     if (typecode == 'B' ? (bi.typecode != 'B' && bi.typecode != 'b' && bi.typecode != 1)
         : bi.typecode != typecode) {
-        fail(what, " has the wrong typecode: ", bi.typecode, ", expected ", typecode);
+        char got[2] = {bi.typecode > ' ' ? bi.typecode : '?', 0};
+        p = bi.typecode == 1 ? put(p, " is a bytearray") : put(put(put(p, " has typecode '"), got), "'");
+        raise(msg, put(put(put(p, ", expected typecode '"), want), "'"));
     }
     if ((int32_t)bi.len < need) {
-        fail(what, " holds ", (int32_t)bi.len, " bytes, the layer needs ", need);
+        p = put(put_int(put(p, " holds "), (int32_t)bi.len), " bytes, the layer needs ");
+        raise(msg, put_int(p, need));
     }
     return bi.buf;
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -122,8 +123,16 @@ def build(arch: str, out: Path) -> Path:
             raise BoardError(f"building micromlp_c for {arch} failed:\n"
                              f"{(r.stdout + r.stderr)[-1500:]}")
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(work / MODULE, out / MODULE)
+        data = (work / MODULE).read_bytes()
+        (out / MODULE).write_bytes(data + trailer(len(data)))
     return out / MODULE
+
+
+def trailer(size: int) -> bytes:
+    """What build() appends to a module of size bytes: b'MLPC' and the whole file's
+    length. MicroPython ignores bytes after a module, but its reader loops forever on a
+    truncated .mpy: the engine checks this trailer before importing (micromlp_net)."""
+    return b"MLPC" + struct.pack("<I", size + 8)
 
 
 def package_json(arch: str) -> str:

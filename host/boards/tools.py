@@ -43,6 +43,9 @@ TOOLS = (
          command="arm-none-eabi-gcc"),
     Tool("the ARM C library", "libnewlib-arm-none-eabi",
          path="/usr/lib/arm-none-eabi/newlib/libc.a"),
+    # the rv32imc build of micromlp_c.mpy, which CI rebuilds to check the committed one
+    Tool("the RISC-V compiler (native modules)", "gcc-riscv64-unknown-elf",
+         command="riscv64-unknown-elf-gcc"),
 )
 # Node and npm come as a pair: Debian's `npm` needs Debian's `nodejs`, which conflicts
 # with the NodeSource build many machines have. Ask for them only where both are absent.
