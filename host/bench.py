@@ -22,10 +22,13 @@ from ..export.pymodule import module_source, mpy_cross
 from ..export.qmodel import QuantModel
 from . import vms
 
-# (label, kernel, stream, inputs): what run() is given, an array('i') (for viper with
-# 8-bit weights in RAM: one call per inference) or a list (clamped by the bytecode
-# path first). All run in one process, interleaved with the float baseline.
+# (label, kernel, stream, inputs): what run() is given, an array('i') (for C and viper
+# with 8-bit weights in RAM: one call per inference) or a list (clamped first). All run
+# in one process, interleaved with the float baseline. C: firmware/native/x64's module.
 UNIX_CONFIGS = [
+    ("c", "c", False, "array"),
+    ("c", "c", False, "list"),
+    ("c", "c", True, "array"),
     ("viper", "viper", False, "array"),
     ("viper", "viper", False, "list"),
     ("native", "native", False, "array"),
@@ -272,8 +275,9 @@ _HEAP = {
 _HEAP_RUN = "x = [{x}]\nprint(list(net.run(x)) == {expect})\n"
 
 
-def _stage(model_path: Path, workdir: Path, model: QuantModel, mpy: bool = True) -> None:
-    vms.stage_firmware(workdir)
+def _stage(model_path: Path, workdir: Path, model: QuantModel, mpy: bool = True,
+           native: str | None = None) -> None:
+    vms.stage_firmware(workdir, native=native)
     for f in [vms.engine_source().with_name("micromlp_tiny.py")] + vms.tiny_loader_files():
         shutil.copy(f, workdir / f.name)  # the tiny engine, importable as micromlp_tiny
     shutil.copy(model_path, workdir / "model.mlp")
@@ -294,10 +298,11 @@ def _unix_timings(model_path: Path, model: QuantModel, rounds: int,
     """Every configuration the model allows, in one interleaved process: UNIX_CONFIGS
     on the unix port, WEBASSEMBLY_CONFIGS on the WebAssembly port (Node)."""
     configs = [c for c in (UNIX_CONFIGS if vm == "unix" else WEBASSEMBLY_CONFIGS)
-               if c[1] != "tiny" or all(ly.w_bits == 8 for ly in model.layers)]
+               if (c[1] != "tiny" or all(ly.w_bits == 8 for ly in model.layers))
+               and (c[1] != "c" or vms.unix_native())]
     with tempfile.TemporaryDirectory(prefix="micromlp-bench-") as tmp:
         tmp = Path(tmp)
-        _stage(model_path, tmp, model)
+        _stage(model_path, tmp, model, native=vms.unix_native() if vm == "unix" else None)
         if vm == "unix":
             (tmp / "t.py").write_text(_TIMING.format(
                 dir=str(tmp), configs=configs, xs=xs, nx=len(xs), rounds=rounds, budget=20000))

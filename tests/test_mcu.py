@@ -105,12 +105,14 @@ def test_bench_counts_instructions_on_the_board_beside_c(digits):
     _, ex = digits
     rep = bench_board("cortex-m3", ex.paths["mlp"])  # raises if any output is wrong
     per_mac = {r.kernel: r.per_mac for r in rep.runs}
-    assert set(per_mac) == {"viper", "native", "portable"}
+    assert set(per_mac) == {"c", "viper", "native", "portable"}
     assert rep.c_instructions and 3 < rep.c_instructions / rep.macs < per_mac["viper"]
-    assert per_mac["viper"] < per_mac["native"] < per_mac["portable"]
-    assert set(rep.held) == {"py", "mpy", "romfs", "frozen", "frozen+model"}
+    # the engine with micromlp_c end to end, against the bare C reference on the same core
+    assert per_mac["c"] * rep.macs < 1.5 * rep.c_instructions
+    assert per_mac["c"] < per_mac["viper"] < per_mac["native"] < per_mac["portable"]
+    assert set(rep.held) == {"py", "mpy", "romfs", "romfs+c", "frozen", "frozen+model"}
     assert rep.held["frozen+model"] < rep.held["frozen"] < rep.held["mpy"] < rep.held["py"]
-    again = bench_board("cortex-m3", ex.paths["mlp"], forms=("romfs",))
+    again = bench_board("cortex-m3", ex.paths["mlp"], forms=("romfs+c",))
     for a, b in zip(rep.runs, again.runs, strict=True):  # instruction counts: no drift
         assert abs(a.instructions - b.instructions) <= 0.01 * a.instructions
     assert "instructions/inf" in format_report(rep)
