@@ -100,13 +100,14 @@ def _buffers(f, keep):
 
 
 def _read(f, keep, bits):
-    # The checked parts of a model stream; the reader leaves the heap afterwards
+    # The checked parts of a model stream, and micromlp_c where it loads (the reader
+    # finds it: micromlp_load.native()); the reader leaves the heap afterwards
     # (on MicroPython: on CPython it stays imported, as memory is no concern there).
     bufs = _buffers(f, keep)
     m = _sibling("micromlp_load")
     m.ModelError = ModelError
     try:
-        return m.read(f, keep, bits, bufs)
+        return m.read(f, keep, bits, bufs), m.native()
     finally:
         import sys
 
@@ -154,8 +155,8 @@ def load(src, kernel=None, stream=False, chunk=2048):
     bits = _word_bits()
     try:
         # read first, then import the net: the reader is gone before the net comes in
-        parts = _read(f, 2 if data is not None else (0 if stream else 3), bits)
-        net = _net().build(parts, kernel, bits)
+        parts, native = _read(f, 2 if data is not None else (0 if stream else 3), bits)
+        net = _net().build(parts, kernel, bits, native)
     except Exception:
         if f is not src:
             f.close()

@@ -18,6 +18,19 @@ except ImportError:
     _unlock = _lock
 
 
+_VQ = []  # viper's quantizer, once imported
+
+
+def _vquantize():
+    # micromlp_viper_layers.quantize (a net on viper: the port has it); no allocation
+    # after the first call
+    if not _VQ:
+        import micromlp_viper_layers
+
+        _VQ.append(micromlp_viper_layers.quantize)
+    return _VQ[0]
+
+
 def inputs(net):
     # net.inputs: the engine's own float32 inputs, made on first use
     if net._fin is None:
@@ -36,7 +49,7 @@ def quantize(net, values, xq):
     if xq is None:
         xq = net.x
     if net.fast is not None:
-        bad = net.fast.quantize(src, xq, net.in_table, net.bounds)
+        bad = _vquantize()(src, xq, net.in_table, net.bounds)
     else:
         _lock()
         bad = _quantize(src, xq, net.tb, net.bounds)

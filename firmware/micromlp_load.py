@@ -405,3 +405,53 @@ def read(f, keep, bits, bufs=None):
     if f.read(1):
         raise ModelError("offset %d: unexpected data after the CRC" % (at + 4))
     return layers, in_lo, in_hi, struct.unpack("<f", h[28:32])[0], table
+
+
+# The C kernels' module, looked for here (load() drops this module again, so the search's
+# code is not in the heap beside a model; the module found stays).
+C_ABI = 1  # the micromlp_c this engine calls (micromlp_c.c's ABI)
+
+
+def native():
+    # (micromlp_c or None, why a micromlp_c.mpy on the path was not taken or None)
+    note = _c_damaged()
+    if note:
+        return None, note
+    try:
+        import micromlp_c as c
+    except ImportError:  # not on the board: nothing to say
+        return None, None
+    except Exception as e:  # another architecture, another .mpy version, a damaged file
+        return None, "micromlp_c.mpy not loaded: %s: %s" % (type(e).__name__, e)
+    abi = getattr(c, "ABI", None)
+    if abi != C_ABI:
+        return None, "micromlp_c.mpy (%s) has ABI %r, this engine needs %d" % (
+            getattr(c, "ARCH", "?"), abi, C_ABI)
+    return c, None
+
+
+def _c_damaged():
+    # MicroPython's .mpy reader loops forever on a truncated file, so before the import
+    # the file's last 8 bytes must be the trailer its build appended: b'MLPC' and the
+    # file's length. What is wrong, or None (also where there is no such file).
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return None
+    for d in sys.path:
+        name = (d + "/" if d else "") + "micromlp_c.mpy"
+        try:
+            f = open(name, "rb")
+        except OSError:
+            continue
+        try:
+            n = f.seek(0, 2)
+            f.seek(n - 8 if n > 8 else 0)
+            t = f.read(8)
+        finally:
+            f.close()
+        if len(t) == 8 and t[:4] == b"MLPC" and (
+                t[4] | t[5] << 8 | t[6] << 16 | t[7] << 24) == n:
+            return None
+        return "%s is damaged (%d bytes, no trailer with its length)" % (name, n)
+    return None

@@ -28,56 +28,32 @@ except ImportError:
 
     _unlock = _lock
 
-try:
-    import micromlp_viper as _fast
-except (ImportError, SyntaxError, NameError):
-    _fast = None
+# micromlp_viper and micromlp_viper_layers, imported where a net needs them (a net on the
+# C kernels never does): the module, or None where the port has no viper emitter (it
+# cannot even compile them); _UNTRIED before the first try.
+_UNTRIED = 0
+_VIPER = [_UNTRIED, _UNTRIED]
 
-C_ABI = 1  # the micromlp_c this engine calls (micromlp_c.c's ABI)
 
-
-def _c_damaged():
-    # MicroPython's .mpy reader loops forever on a truncated file, so before the import
-    # the file's last 8 bytes must be the trailer its build appended: b'MLPC' and the
-    # file's length. What is wrong, or None (also where there is no such file).
-    import sys
-
-    if sys.implementation.name != "micropython":
-        return None
-    for d in sys.path:
-        name = (d + "/" if d else "") + "micromlp_c.mpy"
+def _viper(i=0):
+    # micromlp_viper (i 0) or micromlp_viper_layers (i 1)
+    if _VIPER[i] is _UNTRIED:
         try:
-            f = open(name, "rb")
-        except OSError:
-            continue
-        try:
-            n = f.seek(0, 2)
-            f.seek(n - 8 if n > 8 else 0)
-            t = f.read(8)
-        finally:
-            f.close()
-        if len(t) == 8 and t[:4] == b"MLPC" and (
-                t[4] | t[5] << 8 | t[6] << 16 | t[7] << 24) == n:
-            return None
-        return "%s is damaged (%d bytes, no trailer with its length)" % (name, n)
-    return None
+            if i:
+                import micromlp_viper_layers as m
+            else:
+                import micromlp_viper as m
+        except (ImportError, SyntaxError, NameError):
+            m = None
+        _VIPER[i] = m
+    return _VIPER[i]
 
 
-C_NOTE = _c_damaged()  # why a micromlp_c.mpy on the path was not taken, if one was not
-try:
-    if C_NOTE:
-        raise ImportError
-    import micromlp_c as _c
-
-    if getattr(_c, "ABI", None) != C_ABI:
-        C_NOTE = "micromlp_c.mpy (%s) has ABI %r, this engine needs %d" % (
-            getattr(_c, "ARCH", "?"), getattr(_c, "ABI", None), C_ABI)
-        _c = None
-except ImportError:  # not on the board: nothing to say
-    _c = None
-except Exception as e:  # another architecture, another .mpy version, a damaged file
-    C_NOTE = "micromlp_c.mpy not loaded: %s: %s" % (type(e).__name__, e)
-    _c = None
+# micromlp_c (the kernels in C, firmware/native/) where it loads, and why a
+# micromlp_c.mpy on the path was not taken: set by build() from what micromlp_load.native()
+# found (the search runs in the reader, which load() drops again).
+_c = None
+C_NOTE = None
 
 # A layer's parameters as one int32 array q, shared by every kernel; its slots:
 _N_IN = const(0)  # inputs
@@ -263,21 +239,19 @@ def _kernel(name, wsize):
     if name == "portable":
         return _linear
     if name == "c":
-        if _c is None:
-            raise ValueError("kernel 'c' needs micromlp_c.mpy built for this port's "
-                             "architecture (firmware/native/): %s" % (C_NOTE or "not found"))
         return _c.linear8 if wsize == 1 else _c.linear16
-    if _fast is None:
-        raise ValueError("kernel %r needs micromlp_viper.py and a port with viper" % name)
+    fast = _viper(1)
+    if fast is None:
+        raise ValueError("kernel %r needs micromlp_viper_layers.py here" % name)
     if name == "viper":
-        return _fast.linear8 if wsize == 1 else _fast.linear16
-    return _fast.linear_native
+        return fast.linear8 if wsize == 1 else fast.linear16
+    return fast.linear_native
 
 
 class Layer:
     """One Linear (+ optional ReLU) layer in integer form."""
 
-    def __init__(self, q, w, wsize, relu, fn, typed):
+    def __init__(self, q, w, wsize, relu, typed):
         self.q = q
         self.n_in = q[_N_IN]
         self.n_out = q[_N_OUT]
@@ -285,7 +259,7 @@ class Layer:
         self.w = w  # bytes-like (8-bit weights, offset by 128) or array('h') (16-bit)
         self.wsize = wsize
         self.relu = relu
-        self.fn = fn
+        self.fn = None  # the kernel function (Net._ready), where net8 does not run it
         self.w_pos = 0  # streaming: where the weights start in the file
         # Outputs: an array for viper (ptr32), a list for the bytecode kernels
         # (faster to iterate); either way made once, here.
@@ -312,9 +286,9 @@ class Net:
         self.out_scale = out_scale
         self.kernel = kernel
         self.stream = None  # the open model file when weights stay on storage
-        # the viper module where this net runs on viper, or on C with viper beside it
-        # (the float API's quantize, and 64-bit sign extension in bounds, come from it)
-        fast = _fast if kernel in ("viper", "c") else None
+        # micromlp_viper where this net runs on viper (the float API then quantizes with
+        # viper too), else None
+        fast = _viper() if kernel == "viper" else None
         # the bytecode kernels take a caller's array of ints in range as it is
         self.bytecode = kernel in ("native", "portable")
         # the clamped inputs: an array('i'), so a float in x is refused, not computed with
@@ -322,7 +296,7 @@ class Net:
         self.y = layers[-1].y  # the last layer's outputs (predict reads them in place)
         # what run() needs, gathered once: the input clamp, each layer's kernel
         # call, and the copy of the result
-        self.fast = fast  # micromlp_viper (see above), else None
+        self.fast = fast
         kern = _c if kernel == "c" else fast  # the module with prep, copy and argmax
         self.prep = kern.prep if kern else _prep
         self.copy = kern.copy if kern else _copy
@@ -353,9 +327,7 @@ class Net:
     def _ready(self):
         # Each layer's kernel call, gathered once its weights are in place; for viper
         # and C with 8-bit weights in RAM, the whole network as one call (net8)
-        self.plan = tuple([(layer.fn, self._weights(layer, layer.w), layer.q, layer.y)
-                           for layer in self.layers])
-        self.net8 = None
+        self.plan = self.net8 = None
         if self.kernel in ("viper", "c") and self.stream is None and all(
                 [layer.wsize == 1 for layer in self.layers]):
             flat = [self.x, self.bounds]
@@ -365,6 +337,11 @@ class Net:
             for layer in self.layers:
                 flat += [layer.w, layer.q, layer.y]
             self.net8 = tuple(flat)
+            return self
+        for layer in self.layers:  # (the per-layer kernels only where net8 is not used)
+            layer.fn = _kernel(self.kernel, layer.wsize)
+        self.plan = tuple([(layer.fn, self._weights(layer, layer.w), layer.q, layer.y)
+                           for layer in self.layers])
         return self
 
     def _weights(self, layer, w):
@@ -402,11 +379,12 @@ class Net:
             return False
         if self.kernel == "c":
             return _c.net8(x, self.net8)
-        _fast.PLAN = self.net8
-        _fast.SRC = x
-        done = _fast.net8()
+        fast = self.fast
+        fast.PLAN = self.net8
+        fast.SRC = x
+        done = fast.net8()
         # let go: a module global holding the plan kept a dropped net's weights alive
-        _fast.PLAN = _fast.SRC = None
+        fast.PLAN = fast.SRC = None
         return done
 
     def _infer(self, x):
@@ -501,17 +479,24 @@ class Net:
             self.stream = None
 
 
-def build(parts, kernel, bits):
+def build(parts, kernel, bits, native=(None, None)):
     # The Net from micromlp_load.read's parts; kernel None: the fastest this port has
     # (saying so where a micromlp_c.mpy was there and could not be used); bits: the
-    # port's word size.
+    # port's word size; native: micromlp_load.native()'s (module, note).
+    global _c, C_NOTE
+    _c, C_NOTE = native
     if kernel is None:
-        kernel = "c" if _c else ("viper" if _fast else "portable")
+        kernel = "c" if _c else ("viper" if _viper() else "portable")
         if C_NOTE:
             print("micromlp: %s; using the %s kernel" % (C_NOTE, kernel))
+    if kernel == "c" and _c is None:
+        raise ValueError("kernel 'c' needs micromlp_c.mpy built for this port's "
+                         "architecture (firmware/native/): %s" % (C_NOTE or "not found"))
+    if kernel in ("viper", "native") and _viper() is None:
+        raise ValueError("kernel %r needs micromlp_viper.py and a port with viper" % kernel)
     layers = []
     for q, w, w_pos, wsize, relu in parts[0]:
-        layer = Layer(q, w, wsize, relu, _kernel(kernel, wsize), kernel in ("viper", "c"))
+        layer = Layer(q, w, wsize, relu, kernel in ("viper", "c"))
         layer.w_pos = w_pos
         layers.append(layer)
     net = Net(layers, parts[1], parts[2], parts[3], kernel, bits)

@@ -1,14 +1,14 @@
-# Fast kernels for micromlp_net.py on ports with the native and viper emitters.
+# Fast kernels for micromlp_net.py on ports with the viper emitter: an 8-bit network in
+# RAM in one call (net8), the input clamp, the copy of the outputs and argmax. The
+# per-layer kernels (streaming, 16-bit weights), the 'native' kernel and viper's float
+# quantizer are in micromlp_viper_layers.py, imported only where a net needs them.
 #
-# Same contract as micromlp_net._linear (the portable kernel): rows q[_ROW0]..q[_ROW_END]-1 of
-# y = clamp(round((W x + b) * mult / 2**shift)); layout of q in micromlp_net.py.
-# Every value stays below 2**30 (the exporter proves it), so a viper machine
-# word never wraps. Viper loads are unsigned: 8-bit weights are stored as
-# w + 128 (so sum(w x) = sum(u x) - 128 sum(x)), 16-bit ones are sign-extended
-# by xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[_SX] = 32;
-# q[_X_SX] = 32 too when the layer's inputs can be negative). linear16 also runs
-# wide layers (16-bit weights times 16-bit inputs), whose sums it forms in the
-# inputs' two bytes as micromlp_net._linear does.
+# Same integers as micromlp_net._linear (the portable kernel): y = clamp(round((W x + b)
+# * mult / 2**shift)) per layer; layout of q in micromlp_net.py. Every value stays below
+# 2**30 (the exporter proves it), so a viper machine word never wraps. Viper loads are
+# unsigned: 8-bit weights are stored as w + 128 (so sum(w x) = sum(u x) - 128 sum(x)),
+# and on 64-bit ports ptr32 loads are sign-extended by a shift pair (q[_SX] = 32;
+# q[_X_SX] = 32 too when the layer's inputs can be negative).
 import micropython
 from micropython import const
 
@@ -32,221 +32,12 @@ _WIDE = const(15)
 _Q = const(16)
 
 
-@micropython.viper
-def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
-    n = q[_N_IN]
-    lo = q[_LO]
-    hi = q[_HI]
-    bias = q[_HAS_BIAS]
-    o = q[_ROW0]
-    end = q[_ROW_END]
-    k = q[_W_OFF]
-    sx = q[_SX]
-    xsx = q[_X_SX]  # 0 when this layer's inputs are never negative
-    lm = q[_SLOPE_M]
-    ls = q[_SLOPE_S]
-    lr = q[_SLOPE_RND]
-    lf = (q[_SLOPE_FLOOR] << sx) >> sx
-    lo = (lo << sx) >> sx
-    hi = (hi << sx) >> sx
-    s = 0
-    i = 0
-    while i < n:
-        s += (x[i] << xsx) >> xsx
-        i += 1
-    s = s << 7
-    while o < end:
-        j = _Q + 4 * o
-        acc = 0 - s
-        if bias:
-            acc += (q[j] << sx) >> sx
-        i = 0
-        if xsx:
-            while i < n:
-                acc += int(w[k + i]) * ((x[i] << xsx) >> xsx)
-                i += 1
-        else:
-            while i < n:
-                xv = x[i]
-                if xv:
-                    acc += int(w[k + i]) * xv
-                i += 1
-        k += n
-        m = q[j + 1]
-        r = q[j + 2]
-        sh = q[j + 3]
-        if sh < 15:
-            acc = (acc * m + r) >> sh
-        else:  # split at bit 15 so no product reaches 2**30 (see micromlp_net._linear)
-            lo15 = 0
-            if sh == 15:
-                lo15 = 16384
-            acc = ((acc >> 15) * m + r + (((acc & 32767) * m + lo15) >> 15)) >> (sh - 15)
-        if acc < 0 and lm:  # LeakyReLU
-            if acc < lf:
-                acc = lf
-            acc = (acc * lm + lr) >> ls
-        if acc < lo:
-            acc = lo
-        elif acc > hi:
-            acc = hi
-        y[o] = acc
-        o += 1
 
 
-@micropython.viper
-def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
-    n = q[_N_IN]
-    lo = q[_LO]
-    hi = q[_HI]
-    bias = q[_HAS_BIAS]
-    o = q[_ROW0]
-    end = q[_ROW_END]
-    k = q[_W_OFF] >> 1  # byte offset to int16 index
-    sx = q[_SX]
-    lm = q[_SLOPE_M]
-    ls = q[_SLOPE_S]
-    lr = q[_SLOPE_RND]
-    lf = (q[_SLOPE_FLOOR] << sx) >> sx
-    lo = (lo << sx) >> sx
-    hi = (hi << sx) >> sx
-    wide = q[_WIDE]
-    while o < end:
-        j = _Q + 4 * o
-        acc = 0
-        if bias:
-            acc = (q[j] << sx) >> sx
-        stop = k + n
-        i = 0
-        if wide:  # b + sum(w (x >> 8)) + (sum(w (x & 255)) >> 8): no sum reaches 2**30
-            low = 0
-            while k < stop:
-                wv = (int(w[k]) ^ 0x8000) - 0x8000
-                xv = (x[i] << sx) >> sx
-                acc += wv * (xv >> 8)
-                low += wv * (xv & 255)
-                k += 1
-                i += 1
-            acc += low >> 8
-        while k < stop:
-            acc += ((int(w[k]) ^ 0x8000) - 0x8000) * ((x[i] << sx) >> sx)
-            k += 1
-            i += 1
-        m = q[j + 1]
-        r = q[j + 2]
-        sh = q[j + 3]
-        if sh < 15:
-            acc = (acc * m + r) >> sh
-        else:  # split at bit 15 so no product reaches 2**30 (see micromlp_net._linear)
-            lo15 = 0
-            if sh == 15:
-                lo15 = 16384
-            acc = ((acc >> 15) * m + r + (((acc & 32767) * m + lo15) >> 15)) >> (sh - 15)
-        if acc < 0 and lm:  # LeakyReLU
-            if acc < lf:
-                acc = lf
-            acc = (acc * lm + lr) >> ls
-        if acc < lo:
-            acc = lo
-        elif acc > hi:
-            acc = hi
-        y[o] = acc
-        o += 1
 
 
-_ACC_N1 = [0]
-_ACC_N = [0, 0, 0, 0]  # linear_native's accumulators
 
 
-@micropython.native
-def linear_native(x, w, q, y):
-    # micromlp_net._linear, line for line, compiled to machine code (about 1.8x
-    # faster); tests/test_kernels.py checks that the two stay identical.
-    w0, w1, w2, w3 = w
-    k = q[_W_OFF]
-    xv = a0 = a1 = a2 = a3 = 0
-    n = q[_N_IN]
-    o = q[_ROW0]
-    end = q[_ROW_END]
-    lo = q[_LO]
-    hi = q[_HI]
-    bias = q[_HAS_BIAS]
-    s = sum(x) * q[_W_ZERO] if q[_W_ZERO] else 0  # (a sum the proof covers)
-    lm = q[_SLOPE_M]
-    ls = q[_SLOPE_S]
-    lr = q[_SLOPE_RND]
-    lf = q[_SLOPE_FLOOR]
-    acc = _ACC_N
-    one = _ACC_N1
-    wide = q[_WIDE]
-    four = not wide and end - o > 3  # four-row passes, to the last row
-    while o < end:
-        if four and o + 3 >= end:  # the last rows: the pass ending at end
-            k -= (o + 4 - end) * n
-            o = end - 4
-        j = _Q + 4 * o
-        if wide:
-            a0 = q[j] if bias else 0
-            a1 = 0
-            for xv in x:
-                wv = w0[k]
-                a0 += wv * (xv >> 8)
-                a1 += wv * (xv & 255)
-                k += 1
-            one[0] = a0 + (a1 >> 8)
-            rows = one
-        elif four:
-            a0 = a1 = a2 = a3 = -s
-            if bias:
-                a0 += q[j]
-                a1 += q[j + 4]
-                a2 += q[j + 8]
-                a3 += q[j + 12]
-            for xv in x:
-                if xv:
-                    a0 += w0[k] * xv
-                    a1 += w1[k] * xv
-                    a2 += w2[k] * xv
-                    a3 += w3[k] * xv
-                k += 1
-            acc[0] = a0
-            acc[1] = a1
-            acc[2] = a2
-            acc[3] = a3
-            k += 3 * n
-            rows = acc
-        else:
-            a0 = (q[j] if bias else 0) - s
-            for xv in x:
-                a0 += w0[k] * xv
-                k += 1
-            one[0] = a0
-            rows = one
-        # Requantize: round half up ((v + 2**(shift-1)) >> shift; >> floors), clamp.
-        # From shift 15 on, v splits at bit 15 so no product reaches 2**30:
-        # v * m + 2**(sh-1) == ((v >> 15) * m + r) * 2**15 + (v & 32767) * m + r_lo,
-        # r = 2**(sh-16) (0 at sh 15) from q, r_lo = 2**14 at sh 15 (else 0).
-        for v in rows:
-            m = q[j + 1]
-            r = q[j + 2]
-            sh = q[j + 3]
-            if sh < 15:
-                v = (v * m + r) >> sh
-            else:
-                v = (
-                    (v >> 15) * m + r + (((v & 32767) * m + (16384 if sh == 15 else 0)) >> 15)
-                ) >> (sh - 15)
-            if v < 0 and lm:  # LeakyReLU
-                if v < lf:
-                    v = lf
-                v = (v * lm + lr) >> ls
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            y[o] = v
-            o += 1
-            j += 4
 
 
 @micropython.viper
@@ -298,81 +89,6 @@ def argmax(y: ptr32, b: ptr32) -> int:
     return best
 
 
-@micropython.viper
-def quantize(xf: ptr32, xq: ptr32, tab: ptr32, b: ptr32) -> int:
-    # Floats (float32 bits, read as words) to the input ints: clamp(floor(x / s + 1/2)
-    # + z, lo, hi) on the exact rational x / s (docs/format.md), with the file's input
-    # table tab (n scale bits, then n zero points) and b = n, lo, hi, ..., sx at b[6].
-    # Integer arithmetic only: no float object, nothing allocated. Returns 0, or
-    # i + 1 for the first input i that is NaN.
-    n = b[0]
-    sx = b[6]
-    lo = (b[1] << sx) >> sx
-    hi = (b[2] << sx) >> sx
-    i = 0
-    while i < n:
-        bits = xf[i]
-        e = (bits >> 23) & 0xFF
-        m = bits & 0x7FFFFF
-        neg = (bits >> 31) & 1
-        z = (tab[n + i] << sx) >> sx
-        q = z
-        if e == 0xFF:
-            if m:
-                return i + 1
-            q = lo if neg else hi
-        elif e or m:
-            if e:
-                m = m | 0x800000
-            else:  # a denormal: normalize
-                e = 1
-                while m < 0x800000:
-                    m = m << 1
-                    e -= 1
-            sb = tab[i]
-            se = (sb >> 23) & 0xFF
-            sm = sb & 0x7FFFFF
-            if se:
-                sm = sm | 0x800000
-            else:
-                se = 1
-                while sm < 0x800000:
-                    sm = sm << 1
-                    se -= 1
-            d = e - se  # x / s = (m / sm) * 2**d, m / sm in (1/2, 2)
-            if d >= 31:
-                q = lo if neg else hi
-            elif d >= -1:
-                # long division of m * 2**(d + 1) by 2 sm, stopped once past the edge
-                t = (z - lo) if neg else (hi - z)
-                dv = sm << 1
-                a = 0
-                r = m
-                k = d + 1
-                while k > 0 and a <= t:
-                    r = r << 1
-                    a = a << 1
-                    if r >= dv:
-                        r -= dv
-                        a += 1
-                    k -= 1
-                if a > t:
-                    q = lo if neg else hi
-                elif neg:
-                    if r > sm:
-                        a += 1
-                    q = z - a
-                else:
-                    if r >= sm:
-                        a += 1
-                    q = z + a
-        if q < lo:
-            q = lo
-        elif q > hi:
-            q = hi
-        xq[i] = q
-        i += 1
-    return 0
 
 
 # What net8() runs: Net sets them before each call (a parameter would take one of
@@ -387,9 +103,9 @@ def net8() -> int:
     # Every layer of an all-8-bit network in one call: PLAN = (x, Net.bounds, then w,
     # q, y of each layer); the inputs SRC, clamped into x first. Returns 1, or 0 when
     # SRC is not an array('i') of the right length (nothing is computed).
-    # Same integers as linear8 layer by layer (tests/test_engine.py): four rows share
-    # each pass over x (each input loaded and zero-tested once per four multiply-adds;
-    # two or one at a layer's end, and one where inputs can be negative). Each row's
+    # Same integers as micromlp_viper_layers.linear8 layer by layer (tests/test_engine.py):
+    # four rows share each pass over x (each input loaded and zero-tested once per four
+    # multiply-adds; two or one at a layer's end, and one where inputs can be negative). Each row's
     # weights are read through a view of its own (w0..w3 at the row's start), all by
     # the input's index. The hottest variables are assigned first: viper keeps its
     # first locals in registers (two on Thumb: i and xv, which every multiply-add

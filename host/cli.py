@@ -487,10 +487,12 @@ range over the rounds; *x float* is the median over rounds of (baseline time / e
 time), with its range. *x C* compares with the same integer arithmetic written in C
 (host/ckernel.py: one scalar multiply-add at a time, compiled by the system compiler,
 outputs checked against the host reference), run just after: the physical reference.
-Quote the ratios rather than the absolute figures (a shared machine). *run() gets*: an
-`array('i')` takes viper's one-call path (`micromlp_viper.net8`), a list the checked
-bytecode clamp first. Fuel is wasmtime's count of executed WebAssembly instructions on
-the 32-bit WASI MicroPython: deterministic, it does not drift with machine load.
+Quote the ratios rather than the absolute figures (a shared machine). Kernel *c* is
+`micromlp_c.mpy` (firmware/native/x64/, the kernels in C as a native module). *run()
+gets*: an `array('i')` takes the one-call path of C and viper (`net8`: the clamp and
+every layer), a list the checked clamp first. Fuel is wasmtime's count of executed
+WebAssembly instructions on the 32-bit WASI MicroPython: deterministic, it does not
+drift with machine load.
 Allocation is `gc.mem_alloc()` growth per inference with the collector paused, which
 nets out a block freed at once; *heap block/inf* catches those too: with
 `gc.threshold(1)` any allocation runs a collection, which frees garbage made just
@@ -518,12 +520,14 @@ instruction, so these are instruction counts, the same on every run whatever the
 host's load (QEMU does not model cycles: at one instruction per cycle, instructions /
 MHz is a latency estimate; a Cortex-M7 issues up to two per cycle, flash wait states
 add some). Kernels are timed with the engine as `.mpy` (MicroPython's own mpy-cross;
-viper's machine code built for the core), one `net.run(x, out)` per inference. The
+viper's machine code built for the core) beside the core's `micromlp_c.mpy` (kernel *c*,
+firmware/native/), one `net.run(x, out)` per inference. The
 heap figures are what stays allocated after a load and one run, per way the engine
 reaches the board: `.py` compiled on the board, `.mpy` loaded into RAM (served by
-`mpremote mount`, as a copied file is), `.mpy` in ROMFS (used in place from flash),
-frozen into the firmware with the model read from a file, and frozen together with
-the model (`micromlp firmware`). The C reference
+`mpremote mount`, as a copied file is), `.mpy` in ROMFS (used in place from flash), the
+same with `micromlp_c.mpy` (whose machine code is copied into RAM; the engine then
+imports no viper code), frozen into the firmware with the model read from a file, and
+frozen together with the model (`micromlp firmware`). The C reference
 is host/ckernel.py's loops for this model, compiled for the core at `-Os` as a native
 module and run on the board.
 

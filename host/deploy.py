@@ -373,7 +373,7 @@ def engine_files(p: Plan) -> dict[str, bytes]:
         return files
     files = {}
     for part in vms.firmware_files(p.viper):
-        if p.engine_format == "mpy" and part.stem != "micromlp_viper":
+        if p.engine_format == "mpy" and part.stem not in vms.MACHINE_CODE:
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(tmp) / "m.mpy"
                 mpy_cross(part, out)

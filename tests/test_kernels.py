@@ -16,7 +16,7 @@ def _body(path: Path, name: str) -> list[str]:
 
 def test_native_kernel_is_the_portable_kernel():
     files = {f.stem: f for f in vms.firmware_files()}
-    engine, fast = files["micromlp_net"], files["micromlp_viper"]
+    engine, fast = files["micromlp_net"], files["micromlp_viper_layers"]
     portable = _body(engine, "_linear")
     native = _body(fast, "linear_native")
     # the only difference allowed: the accumulator list's name

@@ -116,7 +116,7 @@ def _stage(folder: Path, form: str, board: mcu.McuBoard) -> None:
         else:  # MicroPython's own mpy-cross: machine code for this core where viper
             import subprocess
 
-            flags = [f"-march={board.march}"] if f.stem == "micromlp_viper" else []
+            flags = [f"-march={board.march}"] if f.stem in vms.MACHINE_CODE else []
             subprocess.run([str(mcu.mpy_cross()), *flags, "-o", str(folder / f"{f.stem}.mpy"),
                             str(f)], check=True, capture_output=True)
 
