@@ -428,7 +428,7 @@ def do_bench(args: argparse.Namespace) -> int:
             print(format_report(rep))
             print()
     if boards:
-        board_reports = _bench_boards(boards, models, args.json)
+        board_reports = _bench_boards(boards, models, args.json, heap=not args.no_heap)
     if args.json:
         print(json.dumps([r.to_dict() for r in reports + board_reports], indent=2))
     if args.markdown:
@@ -446,7 +446,8 @@ def do_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_boards(boards: list[str], models: list[Path], quiet: bool) -> list:
+def _bench_boards(boards: list[str], models: list[Path], quiet: bool, heap: bool = True
+                  ) -> list:
     """The MCU boards' figures for every model (host/boards/mcubench.py)."""
     from tqdm import tqdm
 
@@ -459,7 +460,7 @@ def _bench_boards(boards: list[str], models: list[Path], quiet: bool) -> list:
                disable=None)
     for board, path in steps:
         try:
-            rep = bench_board(board, path, progress=lambda what: (
+            rep = bench_board(board, path, heap=heap, progress=lambda what: (
                 bar.set_postfix_str(what), bar.update()))
         except BoardError as e:
             raise CLIError(str(e)) from None

@@ -103,7 +103,7 @@ def test_bench_counts_instructions_on_the_board_beside_c(digits):
     from micromlp.host.boards.mcubench import bench_board, format_report
 
     _, ex = digits
-    rep = bench_board("cortex-m3", ex.paths["mlp"])  # raises if any output is wrong
+    rep = bench_board("cortex-m3", ex.paths["mlp"], heap=False)  # raises if an output is wrong
     per_mac = {r.kernel: r.per_mac for r in rep.runs}
     assert set(per_mac) == {"c", "viper", "native", "portable"}
     assert rep.c_instructions and 3 < rep.c_instructions / rep.macs < per_mac["viper"]
@@ -112,7 +112,28 @@ def test_bench_counts_instructions_on_the_board_beside_c(digits):
     assert per_mac["c"] < per_mac["viper"] < per_mac["native"] < per_mac["portable"]
     assert set(rep.held) == {"py", "mpy", "romfs", "romfs+c", "frozen", "frozen+model"}
     assert rep.held["frozen+model"] < rep.held["frozen"] < rep.held["mpy"] < rep.held["py"]
-    again = bench_board("cortex-m3", ex.paths["mlp"], forms=("romfs+c",))
+    again = bench_board("cortex-m3", ex.paths["mlp"], forms=("romfs+c",), heap=False)
     for a, b in zip(rep.runs, again.runs, strict=True):  # instruction counts: no drift
         assert abs(a.instructions - b.instructions) <= 0.01 * a.instructions
     assert "instructions/inf" in format_report(rep)
+
+
+@pytest.mark.slow
+def test_bench_finds_the_smallest_heap_on_the_board(digits, tmp_path):
+    from micromlp.host.boards.frozen import build
+    from micromlp.host.boards.mcubench import _HEAP_TRIAL, bench_board
+
+    _, ex = digits
+    rep = bench_board("cortex-m3", ex.paths["mlp"], forms=("frozen+model",))
+    smallest = rep.smallest["frozen+model"]
+    # it needs more than what stays held afterwards (a load's peak), and not much more
+    assert rep.held["frozen+model"] < smallest < 4 * rep.held["frozen+model"]
+    # 1 KB below it, with the rest of the heap taken, the load fails with a MemoryError
+    fw = build("cortex-m3", tmp_path / "fw", ex.paths["mlp"]).firmware
+    (tmp_path / "board").mkdir()
+    trial = _HEAP_TRIAL.format(row=[0] * ex.model.n_inputs, n_out=ex.model.n_outputs,
+                               leave="{leave}", model_import="import model_mlp",
+                               src="model_mlp")
+    with mcu.Session("cortex-m3", tmp_path / "board", fw) as s:
+        below = s.run(trial.replace("{leave}", str(smallest - 1024)))
+    assert "MemoryError" in below

@@ -261,6 +261,50 @@ def romfs_image(folder: Path) -> bytes:
         return make_romfs(str(folder), mpy_cross=False)
 
 
+class Session:
+    """A board booted once with folder's files in ROMFS (at /rom, the current folder),
+    running one piece of code after another, each after mpremote's soft reset: a fresh
+    heap every time, as a boot gives, without booting again (the smallest-heap search
+    runs a couple of dozen trials)."""
+
+    def __init__(self, name: str, folder: Path, elf: Path | None = None) -> None:
+        b = board(name)
+        self._tmp = tempfile.TemporaryDirectory(prefix="micromlp-session-")
+        data = romfs_image(folder)
+        if len(data) > b.romfs_max:
+            raise BoardError(f"{name}: the files take {len(data)} bytes of ROMFS, more than "
+                             f"the {b.romfs_max} this board has room for")
+        image = Path(self._tmp.name) / "romfs.img"
+        image.write_bytes(data)
+        self._mount = _ROMFS_MOUNT.format(addr=b.romfs, size=len(data))
+        self.name = name
+        self.qemu = Qemu(name, elf, romfs=image)
+
+    def run(self, code: str, timeout: float = 120) -> str:
+        """What code printed (run after a soft reset, the ROMFS mounted first)."""
+        script = Path(self._tmp.name) / "s.py"
+        script.write_text(self._mount + code)
+        try:
+            r = subprocess.run(["mpremote", "connect", self.qemu.port, "run", str(script)],
+                               capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BoardError(f"{self.name}: a run did not finish in {timeout:.0f} s") from None
+        if r.returncode:
+            raise BoardError(f"{self.name}: mpremote exited with {r.returncode}: "
+                             f"{(r.stderr + r.stdout).strip()[-800:]}")
+        return r.stdout
+
+    def close(self) -> None:
+        self.qemu.stop()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def run(name: str, folder: Path, script: str, timeout: float = 300,
         elf: Path | None = None, mount: bool = False) -> str:
     """Boot the board with folder's files and run script (a file in folder) there;

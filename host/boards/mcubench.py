@@ -26,6 +26,12 @@ from ...export import modelfile
 from . import mcu
 
 FORMS = ("py", "mpy", "romfs", "romfs+c", "frozen", "frozen+model")
+# where the smallest heap is searched (one boot each, a soft reset per trial; the forms
+# served by mpremote mount or compiled from source are left out: slow, and the mount's
+# objects are not what a board's own filesystem costs)
+HEAP_FORMS = ("romfs", "romfs+c", "frozen", "frozen+model")
+HEAP_STEP = 256  # the search's resolution, bytes
+HEAP_WINDOW = 4096  # above the answer, every 512 bytes must pass too (not monotone)
 TIMED_FORM = "romfs+c"  # where every kernel is timed: the engine and micromlp_c.mpy in ROMFS
 # time.ticks_us() runs on the board's clock: at -icount shift=0, 1 us = 1000 instructions
 INSTRUCTIONS_PER_US = 1000
@@ -65,6 +71,59 @@ for k in {kernels!r}:
 """
 
 
+# One trial of the smallest-heap search: a bytearray takes all but `leave` bytes of the
+# free heap, then the engine loads the model and runs it once
+_HEAP_TRIAL = """
+import gc
+from array import array
+x = array('i', {row!r})
+out = array('i', bytes(4 * {n_out}))
+gc.collect()
+_block = bytearray(max(gc.mem_free() - {leave}, 16))
+gc.collect()
+free = gc.mem_free()
+try:
+    import micromlp
+    {model_import}
+    net = micromlp.load({src})
+    net.run(x, out)
+    print('HEAP', free, ' '.join([str(v) for v in out]))
+except MemoryError:
+    print('HEAP', free, 'MemoryError')
+"""
+
+
+def smallest_heap(session: mcu.Session, trial: str, want: str) -> int:
+    """The smallest free heap (gc.mem_free() once the rest is taken) from which load and
+    one run give the reference's outputs: a binary search in HEAP_STEP steps, then moved
+    up past any failure in the HEAP_WINDOW above (a larger heap can fail where a smaller
+    one passed: the collector runs at other moments)."""
+    def ok(leave: int) -> tuple[bool, int]:
+        out = session.run(trial.replace("{leave}", str(leave)))
+        f = next((ln.split(" ", 2) for ln in out.splitlines() if ln.startswith("HEAP ")),
+                 None)
+        if f is None:
+            raise mcu.BoardError(f"{session.name}: a heap trial did not run:\n{out[-600:]}")
+        if f[2] not in (want, "MemoryError"):
+            raise mcu.BoardError(f"{session.name}: outputs {f[2]} differ from the host "
+                                 f"reference's {want}")
+        return f[2] == want, int(f[1])
+
+    lo, hi = 0, 1 << 17
+    if not ok(hi)[0]:
+        raise mcu.BoardError(f"{session.name}: the model does not run even with {hi} B free")
+    while hi - lo > HEAP_STEP:
+        mid = (lo + hi) // 2 // HEAP_STEP * HEAP_STEP
+        lo, hi = (lo, mid) if ok(mid)[0] else (mid, hi)
+    while True:
+        fails = [h for h in range(hi + 512, hi + HEAP_WINDOW + 1, 512) if not ok(h)[0]]
+        if not fails:
+            return ok(hi)[1]
+        hi = max(fails) + HEAP_STEP
+        while not ok(hi)[0]:
+            hi += HEAP_STEP
+
+
 @dataclass
 class McuRun:
     """One kernel's cost on one board."""
@@ -84,6 +143,7 @@ class McuBenchReport:
     board: str
     cpu: str
     held: dict = field(default_factory=dict)  # form -> bytes held after load + one run
+    smallest: dict = field(default_factory=dict)  # form -> smallest free heap that works
     runs: list[McuRun] = field(default_factory=list)
     c_instructions: float | None = None  # the C reference, per inference
     c_note: str = ""
@@ -133,8 +193,10 @@ def _firmware(board: str, form: str, model_path: Path, work: Path) -> Path | Non
 
 
 def bench_board(board_name: str, model_path: str | Path, forms: tuple[str, ...] = FORMS,
-                row: list[int] | None = None, progress=None) -> McuBenchReport:
-    """Measure one model on one MCU board (see the module docstring)."""
+                row: list[int] | None = None, progress=None, heap: bool = True
+                ) -> McuBenchReport:
+    """Measure one model on one MCU board (see the module docstring); heap: also search
+    the smallest heap of each of HEAP_FORMS among forms."""
     from .. import reference
 
     board = mcu.board(board_name)
@@ -183,6 +245,13 @@ def bench_board(board_name: str, model_path: str | Path, forms: tuple[str, ...] 
             if any(g != want for g in got):
                 raise mcu.BoardError(f"{board.name} ({form}): outputs {got} differ from the "
                                      f"host reference's {want}")
+            if heap and form in HEAP_FORMS:
+                trial = _HEAP_TRIAL.format(
+                    row=row, n_out=model.n_outputs, leave="{leave}",
+                    model_import="import model_mlp" if frozen_model else "",
+                    src="model_mlp" if frozen_model else "'model.mlp'")
+                with mcu.Session(board.name, folder, elf) as session:
+                    rep.smallest[form] = smallest_heap(session, trial, want)
     from . import cref
 
     try:
@@ -215,11 +284,17 @@ def format_report(rep: McuBenchReport, mhz: float = 100.0, markdown: bool = Fals
     held = [f"{forms[k]}: {v:,} B" for k, v in rep.held.items()]
     notes = [f"heap held after load + one run (gc.mem_alloc() after a collection, against "
              f"the same before the engine's import; the caller's input and output arrays "
-             f"not counted): {'; '.join(held)}",
-             "kernels timed with the engine and micromlp_c.mpy as .mpy in ROMFS; one "
-             "net.run(x, out) per inference on an array('i') of dense random in-range "
-             "inputs (viper and the bytecode kernels skip zero inputs: real ReLU-sparse "
-             "data costs them less; C does every multiply-add)"]
+             f"not counted): {'; '.join(held)}"]
+    if rep.smallest:
+        notes.append(
+            "smallest free heap from which load + one run works (gc.mem_free() once a "
+            f"bytearray has taken the rest; {HEAP_STEP}-byte steps, every 512 bytes up to "
+            f"{HEAP_WINDOW} above checked too): " + "; ".join(
+                f"{forms[k]}: {v:,} B" for k, v in rep.smallest.items()))
+    notes.append("kernels timed with the engine and micromlp_c.mpy as .mpy in ROMFS; one "
+                 "net.run(x, out) per inference on an array('i') of dense random in-range "
+                 "inputs (viper and the bytecode kernels skip zero inputs: real ReLU-sparse "
+                 "data costs them less; C does every multiply-add)")
     if rep.c_note:
         notes.append(rep.c_note)
     from ..bench import render_table
