@@ -511,6 +511,16 @@ def in_place(net, data):
         if layer.w is None:
             layer.w = data
             layer.q[_W_OFF] = layer.w_pos
+    # The input table too (n float32 scales, n int32 zero points at offset 40, checked by
+    # the reader), where it is word-aligned in the module's bytes: the float API reads it
+    # by words, which a Cortex-M0 cannot do unaligned. Its RAM copy then goes.
+    try:
+        import uctypes
+
+        if (uctypes.addressof(data) + 40) & 3 == 0:
+            net.in_table = memoryview(data)[40:40 + 8 * net.n_inputs]
+    except (ImportError, TypeError):  # CPython; a port whose bytes have no address
+        pass
     return net._ready()
 
 

@@ -105,11 +105,16 @@ CONFIGS = [("cpython", None), ("unix", "viper"), ("unix", "native"), ("unix", "p
            # MicroPython's own Cortex-M boards in QEMU (32-bit; single-precision floats
            # on the M3 and M0, double on the M7)
            ("cortex-m3", "viper"), ("cortex-m7", "native"), ("cortex-m0", "portable"),
-           ("cortex-m3", "tiny")]
+           ("cortex-m3", "tiny"),
+           # the module form: the input table read in place from the module's bytes
+           ("unix", "viper+module"), ("cortex-m3", "viper+module"),
+           ("cortex-m0", "portable+module")]
 
 
 def _run(vm: str, kernel, path, rows, tmp_path) -> str:
     bits = [[struct.unpack("<I", struct.pack("<f", v))[0] for v in r] for r in rows.tolist()]
+    module = kernel is not None and kernel.endswith("+module")
+    kernel = kernel.split("+")[0] if module else kernel
     tiny = kernel == "tiny"
     opts = "" if kernel in (None, "tiny") else f", kernel={kernel!r}"
     if vm == "cpython":
@@ -132,6 +137,13 @@ def _run(vm: str, kernel, path, rows, tmp_path) -> str:
     vms.stage_firmware(tmp_path, tiny=tiny)
     where = {"wasm": "/input", **{b: "/rom" for b in vms.MCU_VMS}}.get(vm, str(tmp_path))
     code = _DRIVER.format(dir=where, path=where + "/m.mlp", rows=bits, opts=opts)
+    if module:
+        from micromlp.export.pymodule import module_source
+
+        (tmp_path / "model_mlp.py").write_text(module_source(path.read_bytes()))
+        code = code.replace(f"net = micromlp.load({where + '/m.mlp'!r}",
+                            "import model_mlp\nnet = micromlp.load(model_mlp")
+        code += "print('T', type(net.in_table).__name__)\n"
     if vm == "wasm":
         return vms.wasm_run(code, readonly_dir=tmp_path).stdout
     if vm in vms.MCU_VMS:
@@ -167,6 +179,8 @@ def test_floats_in_and_out_match_the_host_on_every_vm(model_bytes, tmp_path, vm,
     got = np.array([[float(v) for v in r[1:]] for r in p])
     assert np.allclose(got, soft, atol=1e-6), (got, soft)
     assert "E input 0 is NaN: no integer stands for it" in out
+    if kernel and kernel.endswith("+module") and vm in vms.MCU_VMS:  # the table not in RAM
+        assert "T memoryview" in out
 
 
 def test_quantize_and_predict_float_allocate_nothing(model_bytes, tmp_path):
