@@ -135,6 +135,16 @@ for args in ((x, bytes(8), q, y), (x, bytes(7), q, y), (array('h', [1, 2, 3, 4])
         print('RAN', list(y))
     except Exception as e:
         print(type(e).__name__, e)
+# sizes whose byte counts would wrap a 32-bit int: refused, not read past
+far = array('i', q)
+far[7] = 0x7FFFFFFF  # the weights' offset: with the row's 8 bytes, past 2**31
+for call in (lambda: c.linear8(x, bytes(8), far, y),
+             lambda: c.prep([0], array('i', [0]), array('i', [1 << 30, 0, 0, 0, 0, 0, 0]), [0, 0]),
+             lambda: c.argmax(y, array('i', [0, 0, 0, 0, -1, 0, 0]))):
+    try:
+        print('RAN', call())
+    except Exception as e:
+        print(type(e).__name__, e)
 """
 
 
@@ -149,6 +159,9 @@ def test_c_kernels_refuse_buffers_that_do_not_fit_the_layer(tmp_path):
         "ValueError micromlp_c: q holds 80 bytes, the layer needs 96",
         "ValueError micromlp_c: x is not a buffer (expected typecode 'i')",
         "ValueError micromlp_c: y is a bytearray, expected typecode 'i'",
+        "ValueError micromlp_c: w holds 8 bytes, the layer needs 2147483655",
+        "ValueError micromlp_c: xq holds 4 bytes, the layer needs more than any buffer holds",
+        "ValueError micromlp_c: y holds 8 bytes, the layer needs more than any buffer holds",
     ]
 
 

@@ -49,15 +49,11 @@ static char *put(char *p, const char *s) {
     return p;
 }
 
-static char *put_int(char *p, int32_t v) {
+static char *put_uint(char *p, uint32_t u) {
     // by subtraction: armv6m has no divide instruction, and the module links no runtime
     static const uint32_t tens[] = {1000000000, 100000000, 10000000, 1000000, 100000,
                                     10000, 1000, 100, 10, 1};
-    uint32_t u = v < 0 ? 0u - (uint32_t)v : (uint32_t)v;
     int started = 0;
-    if (v < 0) {
-        *p++ = '-';
-    }
     for (int k = 0; k < 10; k++) {
         char d = '0';
         while (u >= tens[k]) {
@@ -72,12 +68,23 @@ static char *put_int(char *p, int32_t v) {
     return p;
 }
 
+// The bytes `count` items of `size` bytes (at most 4) take after `off` bytes, in unsigned
+// arithmetic that cannot wrap: a count or offset from a caller's array can be anything,
+// and one past 2**30 (or negative) stands for more than any buffer holds.
+static uint32_t span(int32_t off, uint32_t count, uint32_t size) {
+    if (off < 0 || count > 0x3FFFFFFF) {
+        return 0xFFFFFFFF;
+    }
+    uint32_t n = count * size;
+    return n + (uint32_t)off < n ? 0xFFFFFFFF : n + (uint32_t)off;
+}
+
 static MP_NORETURN void raise(char *msg, char *p) {
     mp_raise_type_arg(&mp_type_ValueError, mp_obj_new_str(msg, p - msg));
 }
 
 // A buffer's data after checking its typecode and that it holds at least `need` bytes.
-static void *buffer(mp_obj_t o, char typecode, int32_t need, const char *what) {
+static void *buffer(mp_obj_t o, char typecode, uint32_t need, const char *what) {
     mp_buffer_info_t bi;
     char msg[100];
     char *p = put(put(msg, "micromlp_c: "), what);
@@ -90,24 +97,26 @@ static void *buffer(mp_obj_t o, char typecode, int32_t need, const char *what) {
     if (typecode == 'B' ? (bi.typecode != 'B' && bi.typecode != 'b' && bi.typecode != 1)
         : bi.typecode != typecode) {
         char got[2] = {bi.typecode > ' ' ? bi.typecode : '?', 0};
-        p = bi.typecode == 1 ? put(p, " is a bytearray") : put(put(put(p, " has typecode '"), got), "'");
+        p = bi.typecode == 1 ? put(p, " is a bytearray")
+                             : put(put(put(p, " has typecode '"), got), "'");
         raise(msg, put(put(put(p, ", expected typecode '"), want), "'"));
     }
-    if ((int32_t)bi.len < need) {
-        p = put(put_int(put(p, " holds "), (int32_t)bi.len), " bytes, the layer needs ");
-        raise(msg, put_int(p, need));
+    if (bi.len < need) {
+        p = put(put_uint(put(p, " holds "), bi.len), " bytes, the layer needs ");
+        raise(msg, need == 0xFFFFFFFF ? put(p, "more than any buffer holds")
+                                      : put_uint(p, need));
     }
     return bi.buf;
 }
 
 // A layer's q, checked: its rows within its outputs, room for their parameters
 static int32_t *params(mp_obj_t o) {
-    int32_t *q = buffer(o, 'i', 4 * Q, "q");
+    int32_t *q = buffer(o, 'i', span(0, Q, 4), "q");
     if (q[N_IN] < 1 || q[N_OUT] < 1 || q[N_OUT] > 0xFFFF || q[N_IN] > 0xFFFF || q[ROW0] < 0
         || q[ROW0] > q[ROW_END] || q[ROW_END] > q[N_OUT] || q[W_OFF] < 0) {
         mp_raise_ValueError(MP_ERROR_TEXT("micromlp_c: q does not describe a layer"));
     }
-    return buffer(o, 'i', 4 * (Q + 4 * q[N_OUT]), "q");
+    return buffer(o, 'i', span(0, Q + 4 * q[N_OUT], 4), "q");
 }
 
 // round((acc) * mult / 2**shift) with the channel's c = (bias, mult, rnd, shift), then
@@ -282,9 +291,9 @@ static mp_obj_t linear8(size_t n_args, const mp_obj_t *args) {
     int32_t *q = params(args[2]);
     int32_t n = q[N_IN];
     int32_t rows = q[ROW_END] - q[ROW0];
-    const int32_t *x = buffer(args[0], 'i', 4 * n, "x");
-    const uint8_t *w = buffer(args[1], 'B', q[W_OFF] + rows * n, "w");
-    int32_t *y = buffer(args[3], 'i', 4 * q[N_OUT], "y");
+    const int32_t *x = buffer(args[0], 'i', span(0, n, 4), "x");
+    const uint8_t *w = buffer(args[1], 'B', span(q[W_OFF], (uint32_t)rows * n, 1), "w");
+    int32_t *y = buffer(args[3], 'i', span(0, q[N_OUT], 4), "y");
     layer8(x, w + q[W_OFF], q, y, NULL);  // (no room to pack the inputs: the plain loops)
     return mp_const_none;
 }
@@ -295,9 +304,9 @@ static mp_obj_t linear16(size_t n_args, const mp_obj_t *args) {
     int32_t *q = params(args[2]);
     int32_t n = q[N_IN];
     int32_t rows = q[ROW_END] - q[ROW0];
-    const int32_t *x = buffer(args[0], 'i', 4 * n, "x");
-    const int16_t *w = buffer(args[1], 'h', q[W_OFF] + 2 * rows * n, "w");
-    int32_t *y = buffer(args[3], 'i', 4 * q[N_OUT], "y");
+    const int32_t *x = buffer(args[0], 'i', span(0, n, 4), "x");
+    const int16_t *w = buffer(args[1], 'h', span(q[W_OFF], (uint32_t)rows * n, 2), "w");
+    int32_t *y = buffer(args[3], 'i', span(0, q[N_OUT], 4), "y");
     layer16(x, w + (q[W_OFF] >> 1), q, y);
     return mp_const_none;
 }
@@ -317,16 +326,18 @@ static mp_obj_t net8(mp_obj_t src, mp_obj_t plan_in) {
         end += 3;
     }
     if (len < 6 || end != len) {
-        mp_raise_ValueError(MP_ERROR_TEXT("micromlp_c: net8's plan is not (x, bounds, scratch, w, q, y...)"));
+        mp_raise_ValueError(
+            MP_ERROR_TEXT("micromlp_c: net8's plan is not (x, bounds, scratch, w, q, y...)"));
     }
-    const int32_t *b = buffer(plan[1], 'i', 4 * B_SIZE, "bounds");
+    const int32_t *b = buffer(plan[1], 'i', span(0, B_SIZE, 4), "bounds");
     int32_t n = b[B_N];
     mp_buffer_info_t bi;
-    if (!mp_get_buffer(src, &bi, MP_BUFFER_READ) || bi.typecode != 'i' || (int32_t)bi.len != 4 * n) {
+    if (!mp_get_buffer(src, &bi, MP_BUFFER_READ) || bi.typecode != 'i'
+        || bi.len != span(0, n, 4)) {
         return MP_OBJ_NEW_SMALL_INT(0);
     }
     const int32_t *xs = bi.buf;
-    int32_t *x = buffer(plan[0], 'i', 4 * n, "x");
+    int32_t *x = buffer(plan[0], 'i', span(0, n, 4), "x");
     int32_t lo = b[B_LO], hi = b[B_HI];
     for (int32_t i = 0; i < n; i++) {
         int32_t v = xs[i];
@@ -335,14 +346,16 @@ static mp_obj_t net8(mp_obj_t src, mp_obj_t plan_in) {
     for (size_t l = 3; l < len; l += 3) {
         int32_t *q = params(plan[l + 1]);
         if (q[N_IN] != n || q[ROW0] != 0 || q[ROW_END] != q[N_OUT]) {
-            mp_raise_ValueError(MP_ERROR_TEXT("micromlp_c: a layer's inputs do not match the one before"));
+            mp_raise_ValueError(
+                MP_ERROR_TEXT("micromlp_c: a layer's inputs do not match the one before"));
         }
-        const uint8_t *w = buffer(plan[l], 'B', q[W_OFF] + q[N_IN] * q[N_OUT], "w");
-        int32_t *y = buffer(plan[l + 2], 'i', 4 * q[N_OUT], "y");
+        const uint8_t *w = buffer(plan[l], 'B', span(q[W_OFF], (uint32_t)q[N_IN] * q[N_OUT], 1),
+                                  "w");
+        int32_t *y = buffer(plan[l + 2], 'i', span(0, q[N_OUT], 4), "y");
         uint32_t *xp = NULL;  // the packed inputs' room, where the inputs fit in 16 bits
         #if defined(__ARM_FEATURE_DSP)
         if (lo >= -32768 && hi <= 32767) {
-            xp = buffer(plan[2], 'i', SCRATCH * (n & ~3), "scratch");
+            xp = buffer(plan[2], 'i', span(0, n & ~3, SCRATCH), "scratch");
         }
         #endif
         layer8(x, w + q[W_OFF], q, y, xp);
@@ -358,8 +371,8 @@ static MP_DEFINE_CONST_FUN_OBJ_2(net8_obj, net8);
 // prep(x, xq, b, lim): xq = x clamped to lim = [lo, hi], compared as objects so an int
 // past the machine word clamps right (micromlp_viper.prep); a float is refused.
 static mp_obj_t prep(size_t n_args, const mp_obj_t *args) {
-    const int32_t *b = buffer(args[2], 'i', 4 * B_SIZE, "bounds");
-    int32_t *xq = buffer(args[1], 'i', 4 * b[B_N], "xq");
+    const int32_t *b = buffer(args[2], 'i', span(0, B_SIZE, 4), "bounds");
+    int32_t *xq = buffer(args[1], 'i', span(0, b[B_N], 4), "xq");
     mp_obj_t lo_o = mp_obj_subscr(args[3], MP_OBJ_NEW_SMALL_INT(0), MP_OBJ_SENTINEL);
     mp_obj_t hi_o = mp_obj_subscr(args[3], MP_OBJ_NEW_SMALL_INT(1), MP_OBJ_SENTINEL);
     for (int32_t i = 0; i < b[B_N]; i++) {
@@ -383,11 +396,11 @@ static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(prep_obj, 4, 4, prep);
 
 // copy(y, out, b): out[i] = y[i] for the b[4] outputs (out: an array('i') or a list)
 static mp_obj_t copy(mp_obj_t y_in, mp_obj_t out, mp_obj_t b_in) {
-    const int32_t *b = buffer(b_in, 'i', 4 * B_SIZE, "bounds");
-    const int32_t *y = buffer(y_in, 'i', 4 * b[B_N_OUT], "y");
+    const int32_t *b = buffer(b_in, 'i', span(0, B_SIZE, 4), "bounds");
+    const int32_t *y = buffer(y_in, 'i', span(0, b[B_N_OUT], 4), "y");
     mp_buffer_info_t bi;
     if (mp_get_buffer(out, &bi, MP_BUFFER_WRITE) && bi.typecode == 'i'
-        && (int32_t)bi.len >= 4 * b[B_N_OUT]) {
+        && bi.len >= span(0, b[B_N_OUT], 4)) {
         int32_t *o = bi.buf;
         for (int32_t i = 0; i < b[B_N_OUT]; i++) {
             o[i] = y[i];
@@ -403,8 +416,8 @@ static MP_DEFINE_CONST_FUN_OBJ_3(copy_obj, copy);
 
 // argmax(y, b): index of the largest of the b[4] outputs, the first one on a tie
 static mp_obj_t argmax(mp_obj_t y_in, mp_obj_t b_in) {
-    const int32_t *b = buffer(b_in, 'i', 4 * B_SIZE, "bounds");
-    const int32_t *y = buffer(y_in, 'i', 4 * b[B_N_OUT], "y");
+    const int32_t *b = buffer(b_in, 'i', span(0, B_SIZE, 4), "bounds");
+    const int32_t *y = buffer(y_in, 'i', span(0, b[B_N_OUT], 4), "y");
     int32_t best = 0;
     for (int32_t i = 1; i < b[B_N_OUT]; i++) {
         if (y[i] > y[best]) {
