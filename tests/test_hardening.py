@@ -156,7 +156,7 @@ def test_no_heap_allocation_per_inference_even_without_heap_lock(tmp_path, bases
     # with gc.threshold(1), any allocation collects, and freed garbage raises mem_free.
     # A control function with a large frame must be caught, or the test proves nothing.
     (tmp_path / "tiny").mkdir()
-    vms.stage_firmware(tmp_path)
+    vms.stage_firmware(tmp_path, native=vms.unix_native())  # with the C kernels too
     vms.stage_firmware(tmp_path / "tiny", tiny=True)
     for where in (tmp_path, tmp_path / "tiny"):
         (where / "m.mlp").write_bytes(bases["relu8"])
@@ -197,7 +197,7 @@ for kw in KWS:
     net.run(nx, out)
     post(d, f0)
 """
-    full = [{"kernel": k, "stream": s} for k in ("viper", "native", "portable")
+    full = [{"kernel": k, "stream": s} for k in ("c", "viper", "native", "portable")
             for s in (False, True)]
     for where, kws in ((tmp_path, full), (tmp_path / "tiny", [{}])):
         (where / "s.py").write_text(script.replace("KWS", repr(kws)))
