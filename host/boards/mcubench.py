@@ -211,9 +211,16 @@ def bench_board(board_name: str, model_path: str | Path, forms: tuple[str, ...] 
     rep = McuBenchReport(str(model_path), shape, macs, board.name, board.cpu)
     with tempfile.TemporaryDirectory(prefix="micromlp-mcubench-") as tmp:
         work = Path(tmp)
+        # a board whose firmware loads no native code (the M0 build): no C form, and the
+        # kernels are timed with the engine alone
+        timed = TIMED_FORM if board.native else "romfs"
         for form in forms:
             if progress:
                 progress(f"{board.name} {form}")
+            if form == "romfs+c" and not board.native:
+                rep.notes.append(f"no micromlp_c on {board.name}: its firmware loads no native "
+                                 f"code from .mpy")
+                continue
             folder = work / "board"
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
@@ -226,7 +233,7 @@ def bench_board(board_name: str, model_path: str | Path, forms: tuple[str, ...] 
                 model_import="import model_mlp" if frozen_model else "",
                 src="model_mlp" if frozen_model else "'model.mlp'", row=row,
                 n_out=model.n_outputs,
-                kernels=_kernels(board) if form == TIMED_FORM else (), min_us=MIN_US)
+                kernels=_kernels(board) if form == timed else (), min_us=MIN_US)
             (folder / "bench.py").write_text(script)
             out = mcu.run(board.name, folder, "bench.py", elf=elf, mount=form == "mpy")
             lines = out.splitlines()
@@ -291,10 +298,12 @@ def format_report(rep: McuBenchReport, mhz: float = 100.0, markdown: bool = Fals
             f"bytearray has taken the rest; {HEAP_STEP}-byte steps, every 512 bytes up to "
             f"{HEAP_WINDOW} above checked too): " + "; ".join(
                 f"{forms[k]}: {v:,} B" for k, v in rep.smallest.items()))
-    notes.append("kernels timed with the engine and micromlp_c.mpy as .mpy in ROMFS; one "
+    with_c = "and micromlp_c.mpy " if any(r.kernel == "c" for r in rep.runs) else ""
+    notes.append(f"kernels timed with the engine {with_c}as .mpy in ROMFS; one "
                  "net.run(x, out) per inference on an array('i') of dense random in-range "
                  "inputs (viper and the bytecode kernels skip zero inputs: real ReLU-sparse "
                  "data costs them less; C does every multiply-add)")
+    notes += rep.notes
     if rep.c_note:
         notes.append(rep.c_note)
     from ..bench import render_table
