@@ -1,7 +1,7 @@
 // micromlp_c: the engine's integer kernels in C, as a MicroPython dynamic native module
 // (py/dynruntime.mk), one .mpy per architecture in firmware/native/<arch>/.
 //
-// Same contract and the same integers as micromlp_viper.py and micromlp_net._linear:
+// Same contract and the same integers as the viper kernels and micromlp_net._linear:
 // rows q[ROW0]..q[ROW_END]-1 of y = clamp(round((W x + b) * mult / 2**shift)), the
 // layer's parameters in the int32 array q (its slots below, described in
 // micromlp_net.py). micromlp_load.py has proven the model before any of this runs:
@@ -286,28 +286,40 @@ static void layer16(const int32_t *x, const int16_t *w, const int32_t *q, int32_
     }
 }
 
-// linear8(x, w, q, y): micromlp_viper.linear8's contract (streaming and per-layer runs)
+// The arguments (x, w, q, y) of linear8 and linear16, checked: w holds `size`-byte
+// weights, q[W_OFF] bytes in
+typedef struct {
+    int32_t *q;
+    const int32_t *x;
+    const void *w;
+    int32_t *y;
+} layer_args_t;
+
+static layer_args_t layer_args(const mp_obj_t *args, char typecode, uint32_t size) {
+    layer_args_t a;
+    a.q = params(args[2]);
+    int32_t n = a.q[N_IN];
+    uint32_t rows = a.q[ROW_END] - a.q[ROW0];
+    a.x = buffer(args[0], 'i', span(0, n, 4), "x");
+    // (rounded down to the weight size, as the viper kernels read it: aligned)
+    a.w = (const uint8_t *)buffer(args[1], typecode, span(a.q[W_OFF], rows * n, size), "w")
+          + (a.q[W_OFF] & ~(int32_t)(size - 1));
+    a.y = buffer(args[3], 'i', span(0, a.q[N_OUT], 4), "y");
+    return a;
+}
+
+// linear8(x, w, q, y): micromlp_viper_layers.linear8's contract (streaming, per-layer runs)
 static mp_obj_t linear8(size_t n_args, const mp_obj_t *args) {
-    int32_t *q = params(args[2]);
-    int32_t n = q[N_IN];
-    int32_t rows = q[ROW_END] - q[ROW0];
-    const int32_t *x = buffer(args[0], 'i', span(0, n, 4), "x");
-    const uint8_t *w = buffer(args[1], 'B', span(q[W_OFF], (uint32_t)rows * n, 1), "w");
-    int32_t *y = buffer(args[3], 'i', span(0, q[N_OUT], 4), "y");
-    layer8(x, w + q[W_OFF], q, y, NULL);  // (no room to pack the inputs: the plain loops)
+    layer_args_t a = layer_args(args, 'B', 1);
+    layer8(a.x, a.w, a.q, a.y, NULL);  // (no room to pack the inputs: the plain loops)
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(linear8_obj, 4, 4, linear8);
 
 // linear16(x, w, q, y): w an array('h'), q[W_OFF] a byte offset into it
 static mp_obj_t linear16(size_t n_args, const mp_obj_t *args) {
-    int32_t *q = params(args[2]);
-    int32_t n = q[N_IN];
-    int32_t rows = q[ROW_END] - q[ROW0];
-    const int32_t *x = buffer(args[0], 'i', span(0, n, 4), "x");
-    const int16_t *w = buffer(args[1], 'h', span(q[W_OFF], (uint32_t)rows * n, 2), "w");
-    int32_t *y = buffer(args[3], 'i', span(0, q[N_OUT], 4), "y");
-    layer16(x, w + (q[W_OFF] >> 1), q, y);
+    layer_args_t a = layer_args(args, 'h', 2);
+    layer16(a.x, a.w, a.q, a.y);
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(linear16_obj, 4, 4, linear16);

@@ -261,6 +261,17 @@ def romfs_image(folder: Path) -> bytes:
         return make_romfs(str(folder), mpy_cross=False)
 
 
+def _romfs(b: McuBoard, folder: Path, tmp: Path) -> tuple[Path, str]:
+    """folder's ROMFS image written into tmp, and the code that mounts it on the board."""
+    data = romfs_image(folder)
+    if len(data) > b.romfs_max:
+        raise BoardError(f"{b.name}: the files take {len(data)} bytes of ROMFS, more than "
+                         f"the {b.romfs_max} this board has room for")
+    image = tmp / "romfs.img"
+    image.write_bytes(data)
+    return image, _ROMFS_MOUNT.format(addr=b.romfs, size=len(data))
+
+
 class Session:
     """A board booted once with folder's files in ROMFS (at /rom, the current folder),
     running one piece of code after another, each after mpremote's soft reset: a fresh
@@ -268,15 +279,8 @@ class Session:
     runs a couple of dozen trials)."""
 
     def __init__(self, name: str, folder: Path, elf: Path | None = None) -> None:
-        b = board(name)
         self._tmp = tempfile.TemporaryDirectory(prefix="micromlp-session-")
-        data = romfs_image(folder)
-        if len(data) > b.romfs_max:
-            raise BoardError(f"{name}: the files take {len(data)} bytes of ROMFS, more than "
-                             f"the {b.romfs_max} this board has room for")
-        image = Path(self._tmp.name) / "romfs.img"
-        image.write_bytes(data)
-        self._mount = _ROMFS_MOUNT.format(addr=b.romfs, size=len(data))
+        image, self._mount = _romfs(board(name), folder, Path(self._tmp.name))
         self.name = name
         self.qemu = Qemu(name, elf, romfs=image)
 
@@ -322,13 +326,8 @@ def run(name: str, folder: Path, script: str, timeout: float = 300,
     with tempfile.TemporaryDirectory(prefix="micromlp-romfs-") as tmp:
         image, text = None, (folder / script).read_text()
         if not mount:
-            data = romfs_image(folder)
-            if len(data) > b.romfs_max:
-                raise BoardError(f"{name}: the files take {len(data)} bytes of ROMFS, more "
-                                 f"than the {b.romfs_max} this board has room for")
-            image = Path(tmp) / "romfs.img"
-            image.write_bytes(data)
-            text = _ROMFS_MOUNT.format(addr=b.romfs, size=len(data)) + text
+            image, prefix = _romfs(b, folder, Path(tmp))
+            text = prefix + text
         (Path(tmp) / script).write_text(text)
         for attempt in (1, 2):
             with Qemu(name, elf, romfs=image) as q:
