@@ -13,7 +13,8 @@
 # reads the file with it and drops it, then imports micromlp_net.py (the kernels
 # and the Net), so the reader's code and a loaded model never share the heap.
 # micromlp_float.py (net.quantize and the rest of the float API) is imported on
-# first use, micromlp_viper.py (the fast kernels) where the port has viper, and
+# first use, micromlp_viper.py (the fast kernels; micromlp_viper_layers.py with the
+# per-layer ones, imported only where a net needs them) where the port has viper, and
 # micromlp_c.mpy (the kernels in C, firmware/native/) where it is on the path.
 
 VERSION = "0.1.0"

@@ -2,9 +2,10 @@
 # once the file is read (micromlp_load.py checks it and is dropped first).
 #
 # Kernels: 'c' is micromlp_c.mpy, a native module built for one architecture
-# (firmware/native/); 'viper' and 'native' live in micromlp_viper.py (ports without the
-# viper emitter cannot even compile that file); 'portable' is below. All four compute
-# the same integers. Integer arithmetic only, MicroPython 1.9-era syntax.
+# (firmware/native/); 'viper' and 'native' live in micromlp_viper.py (the whole-net call)
+# and micromlp_viper_layers.py (the per-layer kernels; ports without the viper emitter
+# cannot even compile these); 'portable' is below. All four compute the same integers.
+# Integer arithmetic only, MicroPython 1.9-era syntax.
 
 from array import array
 
