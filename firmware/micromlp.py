@@ -13,9 +13,11 @@
 # reads the file with it and drops it, then imports micromlp_net.py (the kernels
 # and the Net), so the reader's code and a loaded model never share the heap.
 # micromlp_float.py (net.quantize and the rest of the float API) is imported on
-# first use, micromlp_viper.py (the fast kernels; micromlp_viper_layers.py with the
-# per-layer ones, imported only where a net needs them) where the port has viper, and
-# micromlp_c.mpy (the kernels in C, firmware/native/) where it is on the path.
+# first use, micromlp_portable.py (the bytecode kernels) by a net on the portable or
+# native kernel, micromlp_stream.py by a streaming net, micromlp_viper.py (the fast
+# kernels; micromlp_viper_layers.py with the per-layer ones, imported only where a net
+# needs them) where the port has viper, and micromlp_c.mpy (the kernels in C,
+# firmware/native/) where it is on the path.
 
 VERSION = "0.1.0"
 KERNELS = ("c", "viper", "native", "portable")
@@ -163,7 +165,7 @@ def load(src, kernel=None, stream=False, chunk=2048):
             f.close()
         raise
     if stream:
-        return _net().streaming(net, f, chunk)
+        return _sibling("micromlp_stream").setup(net, f, chunk)
     if data is not None:
         return _net().in_place(net, data)
     if f is not src:

@@ -4,7 +4,8 @@
 # Kernels: 'c' is micromlp_c.mpy, a native module built for one architecture
 # (firmware/native/); 'viper' and 'native' live in micromlp_viper.py (the whole-net call)
 # and micromlp_viper_layers.py (the per-layer kernels; ports without the viper emitter
-# cannot even compile these); 'portable' is below. All four compute the same integers.
+# cannot even compile these); 'portable' is micromlp_portable.py, imported only by a net
+# on it or on 'native'; streaming is micromlp_stream.py. All four compute the same integers.
 # Integer arithmetic only, MicroPython 1.9-era syntax.
 
 from array import array
@@ -78,144 +79,8 @@ _WIDE = const(15)  # 1: a wide layer (the dot product in the inputs' two bytes)
 # above bit 15.
 _Q = const(16)
 
-_ACC1 = [0]
-_ACC = [0, 0, 0, 0]  # the portable kernel's accumulators, handed to its epilogue
-
-
-def _linear(x, w, q, y):
-    # The portable kernel: rows q[_ROW0]..q[_ROW_END]-1 of y = clamp(round((W x + b) * mult
-    # / 2**shift)), weights of row q[_ROW0] at w[0][q[_W_OFF]]. w is the layer's weights
-    # and views of them one, two and three rows on (made once, see _lanes()), so the four
-    # rows of a pass read their weights at one index k: w1[k] is w0[k + n]. 8-bit
-    # weights are stored as u = w + 128, so sum(w x) = sum(u x) - 128 sum(x): plain
-    # bytes, no sign fix per multiply. Four rows share each pass over x, which saves
-    # loop steps and index updates per multiply-add, and a zero input (ReLU makes
-    # many) skips its four multiply-adds; the last rows of a layer are the four-row
-    # pass ending there (a row computed twice gives the same integers). A wide layer
-    # (16-bit weights and inputs) sums w times each input's high and low byte apart,
-    # so no sum reaches 2**30: acc = b + sum(w (x >> 8)) + (sum(w (x & 255)) >> 8),
-    # which is b + floor(W x / 256). The hot names come first: MicroPython's
-    # bytecode reaches its first 16 locals with shorter instructions.
-    w0, w1, w2, w3 = w
-    k = q[_W_OFF]
-    xv = a0 = a1 = a2 = a3 = 0
-    n = q[_N_IN]
-    o = q[_ROW0]
-    end = q[_ROW_END]
-    lo = q[_LO]
-    hi = q[_HI]
-    bias = q[_HAS_BIAS]
-    s = sum(x) * q[_W_ZERO] if q[_W_ZERO] else 0  # (a sum the proof covers)
-    lm = q[_SLOPE_M]
-    ls = q[_SLOPE_S]
-    lr = q[_SLOPE_RND]
-    lf = q[_SLOPE_FLOOR]
-    acc = _ACC
-    one = _ACC1
-    wide = q[_WIDE]
-    four = not wide and end - o > 3  # four-row passes, to the last row
-    while o < end:
-        if four and o + 3 >= end:  # the last rows: the pass ending at end
-            k -= (o + 4 - end) * n
-            o = end - 4
-        j = _Q + 4 * o
-        if wide:
-            a0 = q[j] if bias else 0
-            a1 = 0
-            for xv in x:
-                wv = w0[k]
-                a0 += wv * (xv >> 8)
-                a1 += wv * (xv & 255)
-                k += 1
-            one[0] = a0 + (a1 >> 8)
-            rows = one
-        elif four:
-            a0 = a1 = a2 = a3 = -s
-            if bias:
-                a0 += q[j]
-                a1 += q[j + 4]
-                a2 += q[j + 8]
-                a3 += q[j + 12]
-            for xv in x:
-                if xv:
-                    a0 += w0[k] * xv
-                    a1 += w1[k] * xv
-                    a2 += w2[k] * xv
-                    a3 += w3[k] * xv
-                k += 1
-            acc[0] = a0
-            acc[1] = a1
-            acc[2] = a2
-            acc[3] = a3
-            k += 3 * n
-            rows = acc
-        else:
-            a0 = (q[j] if bias else 0) - s
-            for xv in x:
-                a0 += w0[k] * xv
-                k += 1
-            one[0] = a0
-            rows = one
-        # Requantize: round half up ((v + 2**(shift-1)) >> shift; >> floors), clamp.
-        # From shift 15 on, v splits at bit 15 so no product reaches 2**30:
-        # v * m + 2**(sh-1) == ((v >> 15) * m + r) * 2**15 + (v & 32767) * m + r_lo,
-        # r = 2**(sh-16) (0 at sh 15) from q, r_lo = 2**14 at sh 15 (else 0).
-        for v in rows:
-            m = q[j + 1]
-            r = q[j + 2]
-            sh = q[j + 3]
-            if sh < 15:
-                v = (v * m + r) >> sh
-            else:
-                v = (
-                    (v >> 15) * m + r + (((v & 32767) * m + (16384 if sh == 15 else 0)) >> 15)
-                ) >> (sh - 15)
-            if v < 0 and lm:  # LeakyReLU
-                if v < lf:
-                    v = lf
-                v = (v * lm + lr) >> ls
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            y[o] = v
-            o += 1
-            j += 4
-
-
-def _prep(x, xq, b, lim):
-    # xq = x clamped to lim = [lo, hi] by comparisons, so any int clamps right;
-    # xq is an array('i'): a float is refused there. Small frame (see Net.run).
-    i = b[0]
-    while i:
-        i -= 1
-        v = x[i]
-        if v < lim[0]:
-            v = lim[0]
-        elif v > lim[1]:
-            v = lim[1]
-        xq[i] = v
-
-
-def _copy(y, out, b):
-    i = b[4]
-    while i:
-        i -= 1
-        out[i] = y[i]
-
-
-def _argmax(y, b):
-    # index of the largest of the b[4] outputs, the first one on a tie
-    i = b[4] - 1
-    best = i
-    while i:
-        i -= 1
-        if y[i] >= y[best]:
-            best = i
-    return best
-
-
 _FLOAT = None  # micromlp_float, once imported
+_PORTABLE = None  # micromlp_portable, once imported
 
 
 def _float():
@@ -229,16 +94,22 @@ def _float():
     return _FLOAT
 
 
-def _lanes(w, n):
-    # The bytecode kernels' weights: w and views of it one, two and three rows of n on
-    v = memoryview(w)
-    return (w, v[n:], v[n + n:], v[3 * n:])
+def _portable():
+    # the bytecode kernels (micromlp_portable.py), imported by a net that uses them
+    global _PORTABLE
+    if _PORTABLE is None:
+        try:
+            import micromlp_portable as m
+        except ImportError:  # CPython, as the package module micromlp.firmware.micromlp_net
+            from . import micromlp_portable as m
+        _PORTABLE = m
+    return _PORTABLE
 
 
 def _kernel(name, wsize):
     # The kernel function for a layer (micromlp.load has checked the name).
     if name == "portable":
-        return _linear
+        return _portable().linear
     if name == "c":
         return _c.linear8 if wsize == 1 else _c.linear16
     fast = _viper(1)
@@ -298,10 +169,11 @@ class Net:
         # what run() needs, gathered once: the input clamp, each layer's kernel
         # call, and the copy of the result
         self.fast = fast
-        kern = _c if kernel == "c" else fast  # the module with prep, copy and argmax
-        self.prep = kern.prep if kern else _prep
-        self.copy = kern.copy if kern else _copy
-        self.argmax = kern.argmax if kern else _argmax
+        # the module with prep, copy and argmax
+        kern = _c if kernel == "c" else (fast or _portable())
+        self.prep = kern.prep
+        self.copy = kern.copy
+        self.argmax = kern.argmax
         self.lim = [in_lo, in_hi]
         # viper sign-extends 32-bit loads on 64-bit ports where values can be < 0
         sx = 32 if fast and bits == 64 else 0
@@ -346,8 +218,8 @@ class Net:
         return self
 
     def _weights(self, layer, w):
-        # the weights argument of layer's kernel: viper and C take w, the others _lanes(w)
-        return w if w is None or not self.bytecode else _lanes(w, layer.n_in)
+        # the weights argument of layer's kernel: viper and C take w, the others lanes(w)
+        return w if w is None or not self.bytecode else _portable().lanes(w, layer.n_in)
 
     def __repr__(self):
         return "Net(%s)" % ", ".join([repr(layer) for layer in self.layers])
@@ -411,34 +283,10 @@ class Net:
                 fn(xq, w, q, y)
                 xq = y
         else:
+            run = self.stream_layer  # micromlp_stream.run_layer
             for layer in self.layers:
-                self._stream_layer(xq, layer)
+                run(self, xq, layer)
                 xq = layer.y
-
-    def _stream_layer(self, x, layer):
-        # Weights stay in the file: read a block of rows at a time into the one
-        # preallocated buffer and run the kernel on just those rows.
-        f = self.stream
-        q = layer.q
-        n_out = layer.n_out
-        row_bytes = layer.n_in * layer.wsize
-        rows = self.chunk_bytes // row_bytes
-        w = layer.chunk  # the kernel's view of the buffer (see streaming)
-        o = 0
-        while o < n_out:
-            end = o + rows
-            if end > n_out:
-                end = n_out
-                if end - o < 4 <= n_out:  # read four rows: the kernel's four-row pass
-                    o = end - 4
-            f.seek(layer.w_pos + o * row_bytes)
-            f.readinto(layer.chunk_buf)
-            q[_ROW0] = o
-            q[_ROW_END] = end
-            layer.fn(x, w, q, layer.y)
-            o = end
-        q[_ROW0] = 0
-        q[_ROW_END] = n_out
 
     def _floats(self, table):
         # the file's input table (n float32 scales, n int32 zero points), for quantize
@@ -522,21 +370,4 @@ def in_place(net, data):
             net.in_table = memoryview(data)[40:40 + 8 * net.n_inputs]
     except (ImportError, TypeError):  # CPython; a port whose bytes have no address
         pass
-    return net._ready()
-
-
-def streaming(net, f, chunk):
-    # Streaming needs one weight buffer that holds at least one row of every layer.
-    widest = 0
-    sizes = 0
-    for layer in net.layers:
-        widest = max(widest, layer.n_in * layer.wsize)
-        sizes |= layer.wsize
-    net.chunk_bytes = max(chunk, 4 * widest)  # four rows: what the kernels take at once
-    chunk8 = bytearray(net.chunk_bytes) if sizes & 1 else None
-    chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
-    for layer in net.layers:  # each layer's buffer, and its kernel's view of it
-        layer.chunk_buf = chunk8 if layer.wsize == 1 else chunk16
-        layer.chunk = net._weights(layer, layer.chunk_buf)
-    net.stream = f
     return net._ready()

@@ -4,7 +4,7 @@
 # net.inputs, quantize, predict_float, dequantize and probabilities, the same API
 # and the same integers as micromlp.py's (docs/format.md), in plain ints; they
 # allocate (floats are heap objects on small ports). And the layer loop with the
-# portable kernel's four-row blocking and zero skip (micromlp._linear), for weights
+# portable kernel's four-row blocking and zero skip (micromlp_portable.linear), for weights
 # in RAM or in a module (streaming keeps the row-at-a-time loop): same integers,
 # each pass over the inputs feeds four rows, a zero input skips its four
 # multiply-adds. A micro:bit v1 has no heap for this beside a model: there, pass

@@ -3,7 +3,7 @@
 # per-layer kernels (streaming, 16-bit weights), the 'native' kernel and viper's float
 # quantizer are in micromlp_viper_layers.py, imported only where a net needs them.
 #
-# Same integers as micromlp_net._linear (the portable kernel): y = clamp(round((W x + b)
+# Same integers as micromlp_portable.linear (the portable kernel): y = clamp(round((W x + b)
 # * mult / 2**shift)) per layer; layout of q in micromlp_net.py. Every value stays below
 # 2**30 (the exporter proves it), so a viper machine word never wraps. Viper loads are
 # unsigned: 8-bit weights are stored as w + 128 (so sum(w x) = sum(u x) - 128 sum(x)),
@@ -239,7 +239,7 @@ def net8() -> int:
                 sh = q[j + 3]
                 if sh < 15:
                     acc = (acc * m + r) >> sh
-                else:  # split at bit 15 so no product reaches 2**30 (see micromlp_net._linear)
+                else:  # split at bit 15 so no product reaches 2**30 (see micromlp_portable.linear)
                     lo15 = 0
                     if sh == 15:
                         lo15 = 16384

@@ -4,7 +4,7 @@
 # streaming, 16-bit weights, the 'native' kernel or net.quantize: its machine code is
 # not in a board's heap otherwise (about 5 KB on a Cortex-M3).
 #
-# Same contract as micromlp_net._linear (the portable kernel): rows q[_ROW0]..q[_ROW_END]-1 of
+# Same contract as micromlp_portable.linear (the portable kernel): rows q[_ROW0]..q[_ROW_END]-1 of
 # y = clamp(round((W x + b) * mult / 2**shift)); layout of q in micromlp_net.py.
 # Every value stays below 2**30 (the exporter proves it), so a viper machine
 # word never wraps. Viper loads are unsigned: 8-bit weights are stored as
@@ -12,7 +12,7 @@
 # by xor/subtract, and on 64-bit ports ptr32 loads by a shift pair (q[_SX] = 32;
 # q[_X_SX] = 32 too when the layer's inputs can be negative). linear16 also runs
 # wide layers (16-bit weights times 16-bit inputs), whose sums it forms in the
-# inputs' two bytes as micromlp_net._linear does.
+# inputs' two bytes as micromlp_portable.linear does.
 import micropython
 from micropython import const
 
@@ -81,7 +81,7 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
         sh = q[j + 3]
         if sh < 15:
             acc = (acc * m + r) >> sh
-        else:  # split at bit 15 so no product reaches 2**30 (see micromlp_net._linear)
+        else:  # split at bit 15 so no product reaches 2**30 (see micromlp_portable.linear)
             lo15 = 0
             if sh == 15:
                 lo15 = 16384
@@ -141,7 +141,7 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
         sh = q[j + 3]
         if sh < 15:
             acc = (acc * m + r) >> sh
-        else:  # split at bit 15 so no product reaches 2**30 (see micromlp_net._linear)
+        else:  # split at bit 15 so no product reaches 2**30 (see micromlp_portable.linear)
             lo15 = 0
             if sh == 15:
                 lo15 = 16384
@@ -164,7 +164,7 @@ _ACC_N = [0, 0, 0, 0]  # linear_native's accumulators
 
 @micropython.native
 def linear_native(x, w, q, y):
-    # micromlp_net._linear, line for line, compiled to machine code (about 1.8x
+    # micromlp_portable.linear, line for line, compiled to machine code (about 1.8x
     # faster); tests/test_kernels.py checks that the two stay identical.
     w0, w1, w2, w3 = w
     k = q[_W_OFF]

@@ -16,8 +16,8 @@ def _body(path: Path, name: str) -> list[str]:
 
 def test_native_kernel_is_the_portable_kernel():
     files = {f.stem: f for f in vms.firmware_files()}
-    engine, fast = files["micromlp_net"], files["micromlp_viper_layers"]
-    portable = _body(engine, "_linear")
+    engine, fast = files["micromlp_portable"], files["micromlp_viper_layers"]
+    portable = _body(engine, "linear")
     native = _body(fast, "linear_native")
     # the only difference allowed: the accumulator list's name
     norm = [s.replace("_ACC_N", "_ACC") for s in native]

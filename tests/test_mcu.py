@@ -33,8 +33,9 @@ def test_frozen_firmware_runs_the_model_with_no_file(digits, tmp_path, capsys):
     assert cli(["firmware", "--board", "cortex-m3", "--model", str(ex.paths["mlp"]), "-o",
                 str(out)]) == 0
     said = capsys.readouterr().out
-    assert f"wrote {out / 'manifest.py'} (frozen: micromlp, micromlp_load, micromlp_net, " \
-        f"micromlp_viper, micromlp_viper_layers, micromlp_float, model_mlp)" in said
+    assert (f"wrote {out / 'manifest.py'} (frozen: micromlp, micromlp_load, micromlp_net, "
+            f"micromlp_portable, micromlp_stream, micromlp_viper, micromlp_viper_layers, "
+            f"micromlp_float, model_mlp)") in said
     assert (out / "firmware.elf").exists() and (out / "model_mlp.py").exists()
     model = modelfile.load(ex.paths["mlp"])
     x = np.random.default_rng(0).integers(model.in_lo, model.in_hi + 1, size=model.n_inputs)

@@ -1,7 +1,7 @@
 // micromlp_c: the engine's integer kernels in C, as a MicroPython dynamic native module
 // (py/dynruntime.mk), one .mpy per architecture in firmware/native/<arch>/.
 //
-// Same contract and the same integers as the viper kernels and micromlp_net._linear:
+// Same contract and the same integers as the viper kernels and micromlp_portable.linear:
 // rows q[ROW0]..q[ROW_END]-1 of y = clamp(round((W x + b) * mult / 2**shift)), the
 // layer's parameters in the int32 array q (its slots below, described in
 // micromlp_net.py). micromlp_load.py has proven the model before any of this runs:
@@ -120,7 +120,7 @@ static int32_t *params(mp_obj_t o) {
 }
 
 // round((acc) * mult / 2**shift) with the channel's c = (bias, mult, rnd, shift), then
-// LeakyReLU and the clamp: micromlp_net._linear's epilogue. From shift 15 on, acc splits
+// LeakyReLU and the clamp: micromlp_portable.linear's epilogue. From shift 15 on, acc splits
 // at bit 15 so no product reaches 2**30.
 static int32_t requantize(int32_t acc, const int32_t *c, const int32_t *q) {
     int32_t m = c[1], r = c[2], sh = c[3];
