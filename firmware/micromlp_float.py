@@ -90,18 +90,21 @@ def probabilities(net, out, buf):
 
 
 def _quantize(fb, xq, tb, b):
-    # micromlp_viper.quantize in bytecode: the float32 bits as 16-bit halves (fb: the
-    # floats, tb: the input table), so every value stays a small int. Returns 0, or
-    # i + 1 for the first input i that is NaN.
+    # micromlp_viper_layers.quantize in bytecode: the float32 bits as 16-bit halves (fb:
+    # the floats, tb: the input table, entry i * step of its tn), so every value stays a
+    # small int. Returns 0, or i + 1 for the first input i that is NaN.
     n = b[0]
     lo = b[1]
     hi = b[2]
+    step = b[7]
+    tn = b[8]
     for i in range(n):
+        ti = i * step
         h = fb[2 * i + 1]
         e = (h >> 7) & 0xFF
         m = ((h & 0x7F) << 16) | fb[2 * i]
         neg = h >> 15
-        j = 2 * (n + i)
+        j = 2 * (tn + ti)
         z = ((tb[j + 1] ^ 0x8000) - 0x8000) * 65536 + tb[j]
         q = z
         if e == 0xFF:
@@ -116,9 +119,9 @@ def _quantize(fb, xq, tb, b):
                 while m < 0x800000:
                     m <<= 1
                     e -= 1
-            h = tb[2 * i + 1]
+            h = tb[2 * ti + 1]
             se = (h >> 7) & 0xFF
-            sm = ((h & 0x7F) << 16) | tb[2 * i]
+            sm = ((h & 0x7F) << 16) | tb[2 * ti]
             if se:
                 sm |= 0x800000
             else:

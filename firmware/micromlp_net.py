@@ -175,7 +175,8 @@ class Net:
         self.copy = kern.copy
         self.argmax = kern.argmax
         self.lim = [in_lo, in_hi]
-        # viper sign-extends 32-bit loads on 64-bit ports where values can be < 0
+        # viper sign-extends 32-bit loads on 64-bit ports where values can be < 0;
+        # the last two slots: the input table's step and entries (see _floats)
         sx = 32 if fast and bits == 64 else 0
         self.bounds = array(
             "i",
@@ -187,6 +188,8 @@ class Net:
                 self.n_outputs,
                 sx if layers[-1].q[_LO] < 0 else 0,
                 sx,
+                1,
+                self.n_inputs,
             ],
         )
         self.plan = None
@@ -289,8 +292,13 @@ class Net:
                 xq = layer.y
 
     def _floats(self, table):
-        # the file's input table (n float32 scales, n int32 zero points), for quantize
+        # the file's input table, for quantize: n float32 scales, then n int32 zero
+        # points; or one of each where every input has the same (micromlp_load keeps
+        # that one entry): the quantizers read entry i * step of the table's entries
         self.in_table = table
+        entries = len(table) // 8
+        self.bounds[7] = 1 if entries > 1 else 0
+        self.bounds[8] = entries
 
     # The float API lives in micromlp_float.py, imported on first use: a model fed
     # ints never holds it in RAM.
@@ -362,11 +370,12 @@ def in_place(net, data):
             layer.q[_W_OFF] = layer.w_pos
     # The input table too (n float32 scales, n int32 zero points at offset 40, checked by
     # the reader), where it is word-aligned in the module's bytes: the float API reads it
-    # by words, which a Cortex-M0 cannot do unaligned. Its RAM copy then goes.
+    # by words, which a Cortex-M0 cannot do unaligned. Its RAM copy then goes (a
+    # table of one entry stays: 8 bytes).
     try:
         import uctypes
 
-        if (uctypes.addressof(data) + 40) & 3 == 0:
+        if net.bounds[8] > 1 and (uctypes.addressof(data) + 40) & 3 == 0:
             net.in_table = memoryview(data)[40:40 + 8 * net.n_inputs]
     except (ImportError, TypeError):  # CPython; a port whose bytes have no address
         pass

@@ -257,11 +257,14 @@ def linear_native(x, w, q, y):
 def quantize(xf: ptr32, xq: ptr32, tab: ptr32, b: ptr32) -> int:
     # Floats (float32 bits, read as words) to the input ints: clamp(floor(x / s + 1/2)
     # + z, lo, hi) on the exact rational x / s (docs/format.md), with the file's input
-    # table tab (n scale bits, then n zero points) and b = n, lo, hi, ..., sx at b[6].
+    # table tab (its scale bits, then its zero points) and b = n, lo, hi, ..., sx at
+    # b[6], the table's step and entries at b[7] and b[8] (step 0: one entry for all).
     # Integer arithmetic only: no float object, nothing allocated. Returns 0, or
     # i + 1 for the first input i that is NaN.
     n = b[0]
     sx = b[6]
+    step = b[7]
+    tn = b[8]
     lo = (b[1] << sx) >> sx
     hi = (b[2] << sx) >> sx
     i = 0
@@ -270,7 +273,8 @@ def quantize(xf: ptr32, xq: ptr32, tab: ptr32, b: ptr32) -> int:
         e = (bits >> 23) & 0xFF
         m = bits & 0x7FFFFF
         neg = (bits >> 31) & 1
-        z = (tab[n + i] << sx) >> sx
+        ti = i * step
+        z = (tab[tn + ti] << sx) >> sx
         q = z
         if e == 0xFF:
             if m:
@@ -284,7 +288,7 @@ def quantize(xf: ptr32, xq: ptr32, tab: ptr32, b: ptr32) -> int:
                 while m < 0x800000:
                     m = m << 1
                     e -= 1
-            sb = tab[i]
+            sb = tab[ti]
             se = (sb >> 23) & 0xFF
             sm = sb & 0x7FFFFF
             if se:

@@ -8,6 +8,7 @@ engine, against the host and against exact rational arithmetic.
 
 from __future__ import annotations
 
+import re
 import struct
 import subprocess
 from fractions import Fraction
@@ -137,13 +138,14 @@ def _run(vm: str, kernel, path, rows, tmp_path) -> str:
     vms.stage_firmware(tmp_path, tiny=tiny)
     where = {"wasm": "/input", **{b: "/rom" for b in vms.MCU_VMS}}.get(vm, str(tmp_path))
     code = _DRIVER.format(dir=where, path=where + "/m.mlp", rows=bits, opts=opts)
+    if not tiny:  # what holds the input table: its type and bytes
+        code += "print('T', type(net.in_table).__name__, len(net.in_table))\n"
     if module:
         from micromlp.export.pymodule import module_source
 
         (tmp_path / "model_mlp.py").write_text(module_source(path.read_bytes()))
         code = code.replace(f"net = micromlp.load({where + '/m.mlp'!r}",
                             "import model_mlp\nnet = micromlp.load(model_mlp")
-        code += "print('T', type(net.in_table).__name__)\n"
     if vm == "wasm":
         return vms.wasm_run(code, readonly_dir=tmp_path).stdout
     if vm in vms.MCU_VMS:
@@ -179,8 +181,17 @@ def test_floats_in_and_out_match_the_host_on_every_vm(model_bytes, tmp_path, vm,
     got = np.array([[float(v) for v in r[1:]] for r in p])
     assert np.allclose(got, soft, atol=1e-6), (got, soft)
     assert "E input 0 is NaN: no integer stands for it" in out
-    if kernel and kernel.endswith("+module") and vm in vms.MCU_VMS:  # the table not in RAM
-        assert "T memoryview" in out
+    # one scale and zero point for every input: the engine keeps one entry (8 bytes);
+    # else the table, read in place from a module's bytes on the boards
+    uniform = len(set(m.in_scale.tolist())) == len(set(m.in_zero.tolist())) == 1
+    if vm != "cpython" and kernel != "tiny":
+        table = re.search(r"^T (\w+) (\d+)$", out, re.M).groups()
+        if uniform:
+            assert table == ("bytearray", "8")
+        elif not kernel.endswith("+module"):
+            assert table == ("bytearray", str(8 * m.n_inputs))
+        elif vm in vms.MCU_VMS:
+            assert table == ("memoryview", str(8 * m.n_inputs))
 
 
 def test_quantize_and_predict_float_allocate_nothing(model_bytes, tmp_path):
