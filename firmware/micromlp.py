@@ -116,15 +116,24 @@ def _read(f, keep, bits):
 
         if sys.implementation.name == "micropython":
             del sys.modules[m.__name__]
-            # On a small heap, a collection now: the net's code then goes into the
-            # reader's room rather than wherever it fits between the model's arrays
-            # (digits needed a 36 KB heap, 28 KB with it). Only there: the 32-bit
-            # WASI build's collector cannot see WebAssembly locals (host/wasi.py).
             m = None
-            import gc
 
-            if gc.mem_free() < 32768:
-                gc.collect()
+
+def _collect():
+    # On a small heap, a collection once the reader is dropped: the net's code then goes
+    # into the reader's room rather than wherever it fits between the model's arrays
+    # (digits needed a 36 KB heap, 28 KB with it). Here, after _read has returned: in
+    # its own frame a stale reference to the reader kept it alive now and then (the
+    # collector is conservative), and the net's import then failed in a heap 2.5 KB
+    # larger than one that worked (Cortex-M0). Only on MicroPython: the 32-bit WASI
+    # build's collector cannot see WebAssembly locals (host/wasi.py).
+    import sys
+
+    if sys.implementation.name == "micropython":
+        import gc
+
+        if gc.mem_free() < 32768:
+            gc.collect()
 
 
 def load(src, kernel=None, stream=False, chunk=2048):
@@ -159,6 +168,7 @@ def load(src, kernel=None, stream=False, chunk=2048):
     try:
         # read first, then import the net: the reader is gone before the net comes in
         parts, native = _read(f, 2 if data is not None else (0 if stream else 3), bits)
+        _collect()
         net = _net().build(parts, kernel, bits, native)
     except Exception:
         if f is not src:
