@@ -24,6 +24,28 @@ def test_native_kernel_is_the_portable_kernel():
     assert norm == portable
 
 
+def _slots(path: Path) -> dict[str, int]:
+    # the module's `_NAME = const(N)` assignments
+    tree = ast.parse(path.read_text())
+    return {n.targets[0].id: n.value.args[0].value for n in tree.body
+            if isinstance(n, ast.Assign) and isinstance(n.value, ast.Call)
+            and getattr(n.value.func, "id", "") == "const"
+            and isinstance(n.targets[0], ast.Name)}
+
+
+def test_the_parameter_slots_agree_in_every_module():
+    # q's slots are named in each module that reads q (const() is per module): every
+    # name a module defines has micromlp_net's number
+    files = {f.stem: f for f in vms.firmware_files()}
+    net = _slots(files["micromlp_net"])
+    assert net["_Q"] == 16 and len(net) >= 17
+    for stem in ("micromlp_load", "micromlp_portable", "micromlp_stream", "micromlp_viper",
+                 "micromlp_viper_layers"):
+        slots = {k: v for k, v in _slots(files[stem]).items() if k in net}
+        assert slots, stem
+        assert slots == {k: net[k] for k in slots}, stem
+
+
 def test_engine_uses_only_old_micropython_syntax():
     for f in vms.firmware_files(viper=False):  # viper needs a newer port anyway
         _check_old_syntax(f.read_text())
