@@ -34,12 +34,10 @@ def quantize(values, xq=None):
         raise ValueError("expected %d inputs" % n)
     xq = net.x if xq is None else xq
     t = net.tab
-    tn = len(t) // 8  # the table's entries: n, or 1 where every input has the same
     for i in range(n):
         b = struct.unpack("<I", struct.pack("<f", values[i]))[0]
-        j = i if tn > 1 else 0
-        s = struct.unpack("<I", t[4 * j:4 * j + 4])[0]
-        z = struct.unpack("<i", t[4 * (tn + j):4 * (tn + j) + 4])[0]
+        s = struct.unpack("<I", t[4 * i:4 * i + 4])[0]
+        z = struct.unpack("<i", t[4 * (n + i):4 * (n + i) + 4])[0]
         xq[i] = q1(b, s, z, net.in_lo, net.in_hi, i)
     return xq
 
@@ -73,15 +71,6 @@ def probabilities(out, buf=None):
 
 
 net.inputs = array("f", [0.0] * net.n_inputs)  # float inputs: fill it, then quantize it
-# One scale and zero point for every input (raw pixels, one unit on every sensor): keep
-# that one entry of the input table, 8 bytes (here, not in the loader's fill(): a
-# micro:bit v1 compiles that one with no byte to spare, and never runs this script)
-_n = 4 * net.n_inputs
-_i = 4
-while _i < _n and net.tab[_i] == net.tab[_i & 3] and net.tab[_n + _i] == net.tab[_n + (_i & 3)]:
-    _i += 1
-if _i >= _n:
-    net.tab = net.tab[:4] + net.tab[_n:_n + 4]
 net.quantize = quantize
 net.predict_float = predict_float
 net.dequantize = dequantize
