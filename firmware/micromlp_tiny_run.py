@@ -21,7 +21,7 @@ def net_init(self, d):
     self.n_inputs, self.lo, self.hi, self.layers, self.path, self.tab, self.out_scale = d
     self.in_lo, self.in_hi = self.lo, self.hi  # the names micromlp.py's Net has
     self.n_outputs = self.layers[-1][1]
-    self.x = array("i", bytes(4 * self.n_inputs))  # the clamped inputs (no list first)
+    self.x = array("i", [0] * self.n_inputs)  # the clamped inputs
     self.y = self.layers[-1][8]  # the last layer's outputs
 
 

@@ -20,24 +20,23 @@ import re
 CHUNK = 96  # bytes of file per command (up to 4x that as an escaped literal)
 RETRIES = 6  # sends of one chunk before the copy gives up
 
-# The board's side: `o` counts the bytes written; a chunk lands only at offset o and
-# only when its length and hash are what the host computed. Opening answers with the
-# hash of a known word, so a byte lost inside the hash function is caught there.
+# The board's side, in the two names mpremote's own copy uses (no new entries in the
+# board's globals: a micro:bit has ~8 KB of heap): o[0] counts the bytes written; a
+# chunk lands only at offset o[0] and only when its length and hash are what the host
+# computed. w(word, -1, ...) answers with the word's hash (opening sends the check word,
+# so a byte lost inside the hash loop is caught); w(b'', -2, ...) with o[0].
 _OPEN = """f=open({name!r},'wb')
-o=0
-def hh(d):
+def w(d,a,n,h,o=[0]):
  k=0
  for v in d:
   k=(k*31+v)%65521
- return k
-def w(d,a,n,h):
- global o
- if a==o and len(d)==n and hh(d)==h:
+ if a==o[0] and len(d)==n and k==h:
   f.write(d)
-  o+=n
- print('@%d@'%o)
-print('@%d@'%hh(b'micromlp'))
+  o[0]+=n
+ print('@%d@'%(k if a==-1 else o[0]))
+w({word!r},-1,0,0)
 """
+_QUERY = "w(b'',-2,0,0)"
 _PROBE_WORD = b"micromlp"
 
 # The board reads a file back: its size and a hash (in small ints: a 32-bit board
@@ -60,7 +59,7 @@ class CopyError(RuntimeError):
 
 
 def content_hash(data: bytes) -> int:
-    """The hash the board computes (hh in _OPEN, and _READ_BACK)."""
+    """The hash the board computes (w in _OPEN, and _READ_BACK)."""
     h = 0
     for v in data:
         h = (h * 31 + v) % 65521
@@ -95,7 +94,7 @@ def _held(t, command: str, expect: set[int]) -> int | None:
 
 def _ask_held(t, expect: set[int], tries: int = 4) -> int:
     for _ in range(tries):
-        held = _held(t, "print('@%d@'%o)", expect)
+        held = _held(t, _QUERY, expect)
         if held is not None:
             return held
     raise CopyError(f"the board's byte count did not come back intact in {tries} tries")
@@ -107,7 +106,7 @@ def send(t, name: str, data: bytes, chunk: int = CHUNK, retries: int = RETRIES) 
     from mpremote.transport import TransportError, TransportExecError
 
     for _ in range(retries):  # opening is idempotent: 'wb' empties the file, o = 0
-        if _held(t, _OPEN.format(name=name), {content_hash(_PROBE_WORD)}) is not None:
+        if _held(t, _OPEN.format(name=name, word=_PROBE_WORD), {content_hash(_PROBE_WORD)}) is not None:
             break
     else:
         raise CopyError(f"opening {name} on the board failed {retries} times")
@@ -126,9 +125,9 @@ def send(t, name: str, data: bytes, chunk: int = CHUNK, retries: int = RETRIES) 
                                     f"in {retries} sends")
                 continue
             at, misses = held, 0
-    finally:
+    finally:  # and the board's names let go (a micro:bit has ~8 KB of heap)
         with contextlib.suppress(TransportError, TransportExecError):
-            t.exec("f.close()")
+            t.exec("f.close()\nf = w = None")
 
 
 def read_back(t, name: str, tries: int = 3) -> tuple[int, int] | None:
