@@ -105,8 +105,9 @@ def send(t, name: str, data: bytes, chunk: int = CHUNK, retries: int = RETRIES) 
     the board before it is written (see the module's docstring)."""
     from mpremote.transport import TransportError, TransportExecError
 
-    for _ in range(retries):  # opening is idempotent: 'wb' empties the file, o = 0
-        if _held(t, _OPEN.format(name=name, word=_PROBE_WORD), {content_hash(_PROBE_WORD)}) is not None:
+    opening = _OPEN.format(name=name, word=_PROBE_WORD)
+    for _ in range(retries):  # opening is idempotent: 'wb' empties the file, o[0] = 0
+        if _held(t, opening, {content_hash(_PROBE_WORD)}) is not None:
             break
     else:
         raise CopyError(f"opening {name} on the board failed {retries} times")
