@@ -10,8 +10,8 @@
 #   label = net.predict(x_int)
 #
 # This module stays small: load() imports micromlp_load.py (the checked reader),
-# reads the file with it and drops it, then imports micromlp_net.py (the kernels
-# and the Net), so the reader's code and a loaded model never share the heap.
+# reads the file with it and drops it, then imports micromlp_net.py (the Net), so the
+# reader's code and a loaded model never share the heap.
 # micromlp_float.py (net.quantize and the rest of the float API) is imported on
 # first use, micromlp_portable.py (the bytecode kernels) by a net on the portable or
 # native kernel, micromlp_stream.py by a streaming net, micromlp_viper.py (the fast
@@ -104,32 +104,27 @@ def _buffers(f, keep):
 
 def _read(f, keep, bits):
     # The checked parts of a model stream, and micromlp_c where it loads (the reader
-    # finds it: micromlp_load.native()); the reader leaves the heap afterwards
-    # (on MicroPython: on CPython it stays imported, as memory is no concern there).
+    # finds it: micromlp_load.native()); load() drops the reader afterwards.
     bufs = _buffers(f, keep)
     m = _sibling("micromlp_load")
     m.ModelError = ModelError
-    try:
-        return m.read(f, keep, bits, bufs), m.native()
-    finally:
-        import sys
-
-        if sys.implementation.name == "micropython":
-            del sys.modules[m.__name__]
-            m = None
+    return m.read(f, keep, bits, bufs), m.native()
 
 
-def _collect():
-    # On a small heap, a collection once the reader is dropped: the net's code then goes
-    # into the reader's room rather than wherever it fits between the model's arrays
-    # (digits needed a 36 KB heap, 28 KB with it). Here, after _read has returned: in
-    # its own frame a stale reference to the reader kept it alive now and then (the
-    # collector is conservative), and the net's import then failed in a heap 2.5 KB
-    # larger than one that worked (Cortex-M0). Only on MicroPython: the 32-bit WASI
+def _drop_reader():
+    # The reader leaves the heap (on MicroPython: on CPython it stays imported, as
+    # memory is no concern there), and on a small heap a collection follows: the net's
+    # code then goes into the reader's room rather than wherever it fits between the
+    # model's arrays (digits needed a 36 KB heap, 28 KB with it). Called once _read has
+    # returned: inside its frame a stale reference kept the reader alive now and then
+    # (the collector is conservative), and the net's import failed in a heap 2.5 KB
+    # larger than one that worked (Cortex-M0). Only on a small heap: the 32-bit WASI
     # build's collector cannot see WebAssembly locals (host/wasi.py).
     import sys
 
     if sys.implementation.name == "micropython":
+        pkg = __name__.rpartition(".")[0] + "." if "." in __name__ else ""
+        sys.modules.pop(pkg + "micromlp_load", None)
         import gc
 
         if gc.mem_free() < 32768:
@@ -167,8 +162,10 @@ def load(src, kernel=None, stream=False, chunk=2048):
     bits = _word_bits()
     try:
         # read first, then import the net: the reader is gone before the net comes in
-        parts, native = _read(f, 2 if data is not None else (0 if stream else 3), bits)
-        _collect()
+        try:
+            parts, native = _read(f, 2 if data is not None else (0 if stream else 3), bits)
+        finally:
+            _drop_reader()
         net = _net().build(parts, kernel, bits, native)
     except Exception:
         if f is not src:
