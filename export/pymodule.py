@@ -11,18 +11,50 @@ from .layers import ExportError
 _LINE = 32  # bytes per source line of the literal
 
 
-def module_source(data: bytes, name: str = "model") -> str:
-    """Python source holding the model file's bytes as MODEL (load it with micromlp.load)."""
+def module_source(data: bytes, name: str = "model", flash_q: bool = False) -> str:
+    """Python source holding the model file's bytes as MODEL (load it with micromlp.load).
+
+    flash_q: also Q32, every layer's parameter array q as the engine builds it on a
+    32-bit port, which the viper kernel then reads in place where the module is frozen:
+    for `micromlp firmware --model` (in a module loaded into RAM it would only add to
+    it). Four copies, a byte between them: one is word-aligned wherever the build puts
+    the bytes (frozen, they are a C string literal, byte-aligned)."""
     lines = [
         f"# {name}: micromlp model, {len(data)} bytes (format: docs/format.md).",
         "# Load with: import micromlp, " + f"{name}_mlp; net = micromlp.load({name}_mlp)",
-        "MODEL = (",
     ]
+    lines += _literal("MODEL", data)
+    if flash_q:
+        words = q_words(data)
+        lines += _literal("Q32", b"\0".join([words] * 4))
+    return "\n".join(lines) + "\n"
+
+
+def _literal(name: str, data: bytes) -> list[str]:
+    lines = [f"{name} = ("]
     for i in range(0, len(data), _LINE):
         chunk = data[i : i + _LINE]
         lines.append("    b'" + "".join(f"\\x{b:02x}" for b in chunk) + "'")
-    lines.append(")")
-    return "\n".join(lines) + "\n"
+    return lines + [")"]
+
+
+def q_words(data: bytes) -> bytes:
+    """Every layer's q (the engine's int32 parameter array, layout in
+    firmware/micromlp_net.py) as the engine's own reader builds it from the model file
+    data on a 32-bit port, with the weights' offset in data filled in (as
+    micromlp_net.in_place does): the engine compares them with its own before it uses
+    them."""
+    from io import BytesIO
+
+    from ..firmware import micromlp as engine
+    from ..firmware import micromlp_net
+
+    parts, _native = engine._read(BytesIO(data), 2, 32)
+    out = bytearray()
+    for q, _w, w_pos, _wsize, _relu in parts[0]:
+        q[micromlp_net._W_OFF] = w_pos
+        out += q.tobytes()
+    return bytes(out)
 
 
 def mpy_cross(py_path: Path, mpy_path: Path, flags: list[str] | None = None) -> None:

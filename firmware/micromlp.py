@@ -10,8 +10,9 @@
 #   label = net.predict(x_int)
 #
 # This module stays small: load() imports micromlp_load.py (the checked reader),
-# reads the file with it and drops it, then imports micromlp_net.py (the Net), so the
-# reader's code and a loaded model never share the heap.
+# reads the file with it and drops it, then micromlp_build.py, which puts the Net
+# (micromlp_net.py) together and is dropped too: the heap keeps a loaded model and
+# what runs it, not the code that read and assembled it.
 # micromlp_float.py (net.quantize and the rest of the float API) is imported on
 # first use, micromlp_portable.py (the bytecode kernels) by a net on the portable or
 # native kernel, micromlp_stream.py by a streaming net, micromlp_viper.py (the fast
@@ -40,16 +41,6 @@ def _sibling(name):
         return import_module(__name__.rpartition(".")[0] + "." + name)
 
 
-_NET = None  # micromlp_net, once imported
-
-
-def _net():
-    global _NET
-    if _NET is None:
-        _NET = _sibling("micromlp_net")
-    return _NET
-
-
 def _word_bits():
     # 64 on the unix port and CPython, 32 on MCUs: viper's int is one machine word.
     try:
@@ -61,12 +52,14 @@ def _word_bits():
 
 
 def _buffers(f, keep):
-    # The weight buffers, made before the reader is imported: its code lands wherever
-    # the heap has room, and a large layer found no gap in one piece afterwards (a
-    # 256x128 layer reloaded on a 139 KB Cortex-M3 heap). Sizes from the layer
-    # headers, reached by seeking; nothing is trusted: the reader checks every field
-    # and takes a buffer only where it has the size the layer needs. None where the
-    # file cannot seek, looks wrong, or the heap has no room now.
+    # The weight buffers and the layers' q arrays, made before the reader is imported:
+    # its code lands wherever the heap has room, and a large layer found no gap in one
+    # piece afterwards (a 256x128 layer reloaded on a 139 KB Cortex-M3 heap); and with
+    # the q arrays among the reader's objects, its departure left holes where the net's
+    # import failed (Cortex-M0, 14.8 KB free, where 12.5 KB worked). Sizes from the
+    # layer headers, reached by seeking; nothing is trusted: the reader checks every
+    # field and takes a buffer only where it has the size the layer needs. None where
+    # the file cannot seek, looks wrong, or the heap has no room now.
     import struct
     from array import array
 
@@ -81,20 +74,28 @@ def _buffers(f, keep):
         pos = 40 + 8 * n_in
         sizes = []
         wsizes = []
+        outs = []
         for _ in range(n_layers):
             f.seek(here + pos)
             size, a, b, bits = struct.unpack("<IHHB", f.read(9))
             wsize = bits >> 3
             sizes.append(a * b * wsize if wsize in (1, 2) and keep & wsize else 0)
             wsizes.append(wsize)
+            outs.append(b)
             pos += size
-            if size < 40 or pos > end or sum(sizes) > end:
+            # (a layer's q, 64 + 16 n_out bytes, is less than twice the layer's size)
+            if size < 40 or pos > end or sum(sizes) > end or 16 * b + 64 > 2 * size:
                 return None
-        bufs = [None] * n_layers
-        for i in sorted(range(n_layers), key=lambda i: -sizes[i]):  # the largest first
+        # per layer [weights, q] (micromlp_net.py's parameter array), made in one
+        # stretch of the heap: the weights, the largest first, then q, the reader's
+        # objects after them, so that the reader leaves one gap behind, not many
+        bufs = [[None, None] for _ in range(n_layers)]
+        for i in sorted(range(n_layers), key=lambda i: -sizes[i]):
             if sizes[i]:
                 n = sizes[i]
-                bufs[i] = bytearray(n) if wsizes[i] == 1 else array("h", bytes(n))
+                bufs[i][0] = bytearray(n) if wsizes[i] == 1 else array("h", bytes(n))
+        for i in range(n_layers):
+            bufs[i][1] = array("i", bytes(64 + 16 * outs[i]))
         return bufs
     except Exception:  # a short or odd file (CPython's struct.error too): the reader says
         return None
@@ -111,23 +112,24 @@ def _read(f, keep, bits):
     return m.read(f, keep, bits, bufs), m.native()
 
 
-def _drop_reader():
-    # The reader leaves the heap (on MicroPython: on CPython it stays imported, as
-    # memory is no concern there), and on a small heap a collection follows: the net's
-    # code then goes into the reader's room rather than wherever it fits between the
-    # model's arrays (digits needed a 36 KB heap, 28 KB with it). Called once _read has
-    # returned: inside its frame a stale reference kept the reader alive now and then
-    # (the collector is conservative), and the net's import failed in a heap 2.5 KB
-    # larger than one that worked (Cortex-M0). Only on a small heap: the 32-bit WASI
-    # build's collector cannot see WebAssembly locals (host/wasi.py).
+def _drop(name, collect):
+    # A module load() is done with leaves the heap (on MicroPython: on CPython it stays
+    # imported, as memory is no concern there): the reader, then the net's assembly.
+    # After the reader, on a small heap, a collection follows: the net's code then goes
+    # into the reader's room rather than wherever it fits between the model's arrays
+    # (digits needed a 36 KB heap, 28 KB with it). Called once _read has returned:
+    # inside its frame a stale reference kept the reader alive now and then (the
+    # collector is conservative), and the net's import failed in a heap 2.5 KB larger
+    # than one that worked (Cortex-M0). Only on a small heap: the 32-bit WASI build's
+    # collector cannot see WebAssembly locals (host/wasi.py).
     import sys
 
     if sys.implementation.name == "micropython":
         pkg = __name__.rpartition(".")[0] + "." if "." in __name__ else ""
-        sys.modules.pop(pkg + "micromlp_load", None)
+        sys.modules.pop(pkg + name, None)
         import gc
 
-        if gc.mem_free() < 32768:
+        if collect and gc.mem_free() < 32768:
             gc.collect()
 
 
@@ -165,16 +167,27 @@ def load(src, kernel=None, stream=False, chunk=2048):
         try:
             parts, native = _read(f, 2 if data is not None else (0 if stream else 3), bits)
         finally:
-            _drop_reader()
-        net = _net().build(parts, kernel, bits, native)
+            _drop("micromlp_load", True)
+        try:
+            net = _assemble(parts, kernel, bits, native, f, stream, chunk, data,
+                            getattr(src, "Q32", None))
+        finally:
+            _drop("micromlp_build", False)
     except Exception:
         if f is not src:
             f.close()
         raise
-    if stream:
-        return _sibling("micromlp_stream").setup(net, f, chunk)
-    if data is not None:
-        return _net().in_place(net, data)
-    if f is not src:
+    if f is not src and not stream:
         f.close()
-    return net._ready()
+    return net
+
+
+def _assemble(parts, kernel, bits, native, f, stream, chunk, data, words):
+    # The Net from the reader's parts (micromlp_build.py, dropped again by load())
+    b = _sibling("micromlp_build")
+    net = b.build(parts, kernel, bits, native)
+    if stream:
+        _sibling("micromlp_stream").setup(net, f, chunk, b.weights)
+    elif data is not None:
+        return b.in_place(net, data, words)
+    return b.ready(net)

@@ -7,6 +7,14 @@
 from array import array
 
 try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+try:
     # quantize runs with the heap locked, as inference does (see micromlp_net.py)
     from micropython import heap_lock as _lock
     from micropython import heap_unlock as _unlock
@@ -31,14 +39,30 @@ def _vquantize():
     return _VQ[0]
 
 
+# net.f32, made on first use: net.inputs, then (bytecode only) its 16-bit view and the
+# input table's, then the caller's own array('f') last quantized and what reads it
+_FIN = const(0)
+_FIN_H = const(1)
+_TABLE_H = const(2)
+_VSRC = const(3)
+_VSRC_H = const(4)
+
+
+def _f32(net):
+    f = net.f32
+    if f is None:
+        fin = array("f", bytes(4 * net.n_inputs))
+        f = [fin, None, None, None, None]
+        if net.kernel != "viper":  # no viper: read the float bits as 16-bit halves
+            f[_FIN_H] = _halves(fin)
+            f[_TABLE_H] = _halves(net.in_table)
+        net.f32 = f
+    return f
+
+
 def inputs(net):
     # net.inputs: the engine's own float32 inputs, made on first use
-    if net._fin is None:
-        net._fin = array("f", bytes(4 * net.n_inputs))
-        if net.fast is None:  # no viper: read the float bits as 16-bit halves
-            net.fb = _halves(net._fin)
-            net.tb = _halves(net.in_table)
-    return net._fin
+    return _f32(net)[_FIN]
 
 
 def quantize(net, values, xq):
@@ -48,11 +72,11 @@ def quantize(net, values, xq):
     src = _floats32(net, values)
     if xq is None:
         xq = net.x
-    if net.fast is not None:
+    if net.kernel == "viper":
         bad = _vquantize()(src, xq, net.in_table, net.bounds)
     else:
         _lock()
-        bad = _quantize(src, xq, net.tb, net.bounds)
+        bad = _quantize(src, xq, net.f32[_TABLE_H], net.bounds)
         _unlock()
     if bad:
         raise ValueError("input %d is NaN: no integer stands for it" % (bad - 1))
@@ -177,16 +201,18 @@ def _floats32(net, values):
     # 16-bit halves (reading a float element would make a float object). The caller's
     # own array('f') is read in place, through a view made the first time it is seen;
     # any other sequence is copied into the engine's own buffer.
-    fin = inputs(net)
-    if values is not fin and values is not net.vsrc:
+    f = _f32(net)
+    fin = f[_FIN]
+    fast = net.kernel == "viper"
+    if values is not fin and values is not f[_VSRC]:
         if not _is_float32(values):
             _fcopy(values, fin, net.n_inputs)
-            return fin if net.fast else net.fb
-        net.vsrc = values
-        net.vb = values if net.fast else _halves(values)
+            return fin if fast else f[_FIN_H]
+        f[_VSRC] = values
+        f[_VSRC_H] = values if fast else _halves(values)
     if values is fin:
-        return fin if net.fast else net.fb
-    return net.vb
+        return fin if fast else f[_FIN_H]
+    return f[_VSRC_H]
 
 
 def _is_float32(values):

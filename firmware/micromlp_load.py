@@ -230,9 +230,11 @@ def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx, version, buf):
     if r.size is not None and at + size + 4 > r.size:  # before anything is allocated
         raise bad("%d bytes run past the file size %d" % (size, r.size))
     w_pos = r.pos
-    w, sums = _weights(r, n_in, n_out, wsize, keep & wsize, "layer %d weights" % index, buf)
+    w, sums = _weights(r, n_in, n_out, wsize, keep & wsize, "layer %d weights" % index,
+                       buf[0] if buf else None)
     zw = 128 if wsize == 1 else 0
-    q = array("i", bytes(4 * (_Q + 4 * n_out)))
+    q = buf[1] if buf and isinstance(buf[1], array) and len(buf[1]) == _Q + 4 * n_out \
+        else array("i", bytes(4 * (_Q + 4 * n_out)))
     # LeakyReLU: below lf a negative value would make sm * v reach 2**30
     lr = (1 << (ss - 1)) if ss else 0
     lf = -((1 << 30) // sm - 1) if sm else 0
@@ -362,9 +364,9 @@ def _check_header(h, size):
 def read(f, keep, bits, bufs=None):
     # Parse and check a whole model stream. keep: bit 0 keeps 8-bit weights in RAM,
     # bit 1 16-bit ones; bits: the port's word size; bufs: per layer, a weight buffer
-    # made beforehand (micromlp._buffers), used where it fits. Returns the layers' parts (q, w,
-    # weight offset in the file, weight bytes, relu), the input range, the output scale
-    # and the input table, for micromlp_net.build.
+    # and a q array made beforehand (micromlp._buffers), each used where it fits.
+    # Returns the layers' parts (q, w, weight offset in the file, weight bytes, relu),
+    # the input range, the output scale and the input table, for micromlp_build.build.
     r = _Reader(f, _file_size(f))
     h = r.fill(bytearray(_HEADER_SIZE), "header")
     version = _check_header(h, r.size)

@@ -1,5 +1,6 @@
-# micromlp_net: the kernels and the Net of micromlp.py, imported by micromlp.load()
-# once the file is read (micromlp_load.py checks it and is dropped first).
+# micromlp_net: the Net of micromlp.py and what runs it, imported by micromlp.load()
+# once the file is read (micromlp_load.py checks it and is dropped first); the net is
+# put together by micromlp_build.py, which load() drops again once the net is ready.
 #
 # Kernels: 'c' is micromlp_c.mpy, a native module built for one architecture
 # (firmware/native/); 'viper' and 'native' live in micromlp_viper.py (the whole-net call)
@@ -52,12 +53,14 @@ def _viper(i=0):
 
 
 # micromlp_c (the kernels in C, firmware/native/) where it loads, and why a
-# micromlp_c.mpy on the path was not taken: set by build() from what micromlp_load.native()
-# found (the search runs in the reader, which load() drops again).
+# micromlp_c.mpy on the path was not taken: set by micromlp_build.build() from what
+# micromlp_load.native() found (the search runs in the reader, which load() drops again).
 _c = None
 C_NOTE = None
 
-# A layer's parameters as one int32 array q, shared by every kernel; its slots:
+# A layer's parameters as one int32 array q, shared by every kernel (on viper, from a
+# frozen model module, a view of the module's words in flash: micromlp_build._flash_q);
+# its slots:
 _N_IN = const(0)  # inputs
 _N_OUT = const(1)  # outputs
 _LO = const(2)  # the output clamp [lo, hi]
@@ -79,63 +82,39 @@ _WIDE = const(15)  # 1: a wide layer (the dot product in the inputs' two bytes)
 # above bit 15.
 _Q = const(16)
 
-_FLOAT = None  # micromlp_float, once imported
-_PORTABLE = None  # micromlp_portable, once imported
+# the kernels that run as bytecode: they take a caller's array of ints in range as it is
+_BYTECODE = ("native", "portable")
+_MODULES = {}  # micromlp_float and micromlp_portable, once imported
 
 
-def _float():
-    global _FLOAT
-    if _FLOAT is None:
-        try:
-            import micromlp_float as f
-        except ImportError:  # CPython, as the package module micromlp.firmware.micromlp
-            from . import micromlp_float as f
-        _FLOAT = f
-    return _FLOAT
+def _module(name):
+    # A sibling module imported on first use (micromlp_float: the float API;
+    # micromlp_portable: the bytecode kernels, for a net that uses them). Small: a
+    # larger frame (the import's) would be allocated on every float API call.
+    m = _MODULES.get(name)
+    return _import(name) if m is None else m
 
 
-def _portable():
-    # the bytecode kernels (micromlp_portable.py), imported by a net that uses them
-    global _PORTABLE
-    if _PORTABLE is None:
-        try:
-            import micromlp_portable as m
-        except ImportError:  # CPython, as the package module micromlp.firmware.micromlp_net
-            from . import micromlp_portable as m
-        _PORTABLE = m
-    return _PORTABLE
+def _import(name):
+    # top-level on a board; on CPython, in the package this one is part of
+    try:
+        m = __import__(name)
+    except ImportError:
+        if "." not in __name__:  # a board missing the file: say which
+            raise
+        from importlib import import_module
 
-
-def _kernel(name, wsize):
-    # The kernel function for a layer (micromlp.load has checked the name).
-    if name == "portable":
-        return _portable().linear
-    if name == "c":
-        return _c.linear8 if wsize == 1 else _c.linear16
-    fast = _viper(1)
-    if fast is None:
-        raise ValueError("kernel %r needs micromlp_viper_layers.py here" % name)
-    if name == "viper":
-        return fast.linear8 if wsize == 1 else fast.linear16
-    return fast.linear_native
+        m = import_module(__name__.rpartition(".")[0] + "." + name)
+    _MODULES[name] = m
+    return m
 
 
 class Layer:
-    """One Linear (+ optional ReLU) layer in integer form."""
-
-    def __init__(self, q, w, wsize, relu, typed):
-        self.q = q
-        self.n_in = q[_N_IN]
-        self.n_out = q[_N_OUT]
-        self.has_bias = q[_HAS_BIAS]
-        self.w = w  # bytes-like (8-bit weights, offset by 128) or array('h') (16-bit)
-        self.wsize = wsize
-        self.relu = relu
-        self.fn = None  # the kernel function (Net._ready), where net8 does not run it
-        self.w_pos = 0  # streaming: where the weights start in the file
-        # Outputs: an array for viper (ptr32), a list for the bytecode kernels
-        # (faster to iterate); either way made once, here.
-        self.y = array("i", bytes(4 * self.n_out)) if typed else [0] * self.n_out
+    """One Linear (+ optional ReLU) layer in integer form: q (its parameter array),
+    n_in, n_out, has_bias, w (bytes-like: 8-bit weights offset by 128; or array('h'):
+    16-bit), wsize (bytes per weight), relu, y (its outputs: an array for viper and C,
+    a list for the bytecode kernels), fn (its kernel where net8 does not run it) and
+    w_pos (where its weights start in the file); set by micromlp_build.py."""
 
     def __repr__(self):
         return "Layer(%d->%d%s%s)" % (
@@ -147,82 +126,9 @@ class Layer:
 
 
 class Net:
-    """A loaded model: run(x) maps quantized input ints to output ints."""
-
-    def __init__(self, layers, in_lo, in_hi, out_scale, kernel, bits):
-        self.layers = layers
-        self.n_inputs = layers[0].n_in
-        self.n_outputs = layers[-1].n_out
-        self.in_lo = in_lo
-        self.in_hi = in_hi
-        self.out_scale = out_scale
-        self.kernel = kernel
-        self.stream = None  # the open model file when weights stay on storage
-        # micromlp_viper where this net runs on viper (the float API then quantizes with
-        # viper too), else None
-        fast = _viper() if kernel == "viper" else None
-        # the bytecode kernels take a caller's array of ints in range as it is
-        self.bytecode = kernel in ("native", "portable")
-        # the clamped inputs: an array('i'), so a float in x is refused, not computed with
-        self.x = array("i", bytes(4 * self.n_inputs))
-        self.y = layers[-1].y  # the last layer's outputs (predict reads them in place)
-        # what run() needs, gathered once: the input clamp, each layer's kernel
-        # call, and the copy of the result
-        self.fast = fast
-        # the module with prep, copy and argmax
-        kern = _c if kernel == "c" else (fast or _portable())
-        self.prep = kern.prep
-        self.copy = kern.copy
-        self.argmax = kern.argmax
-        self.lim = [in_lo, in_hi]
-        # viper sign-extends 32-bit loads on 64-bit ports where values can be < 0;
-        # the last two slots: the input table's step and entries (see _floats)
-        sx = 32 if fast and bits == 64 else 0
-        self.bounds = array(
-            "i",
-            [
-                self.n_inputs,
-                in_lo,
-                in_hi,
-                sx if in_lo < 0 else 0,
-                self.n_outputs,
-                sx if layers[-1].q[_LO] < 0 else 0,
-                sx,
-                1,
-                self.n_inputs,
-            ],
-        )
-        self.plan = None
-        # floats in: the input table comes from the file (see _floats); net.inputs is
-        # made on first use (a model that takes ints never pays for it)
-        self.in_table = None
-        self._fin = None
-        self.fb = self.tb = None  # the bytecode path's 16-bit views of inputs and table
-        self.vsrc = self.vb = None  # the caller's own array('f') and its view (quantize)
-
-    def _ready(self):
-        # Each layer's kernel call, gathered once its weights are in place; for viper
-        # and C with 8-bit weights in RAM, the whole network as one call (net8)
-        self.plan = self.net8 = None
-        if self.kernel in ("viper", "c") and self.stream is None and all(
-                [layer.wsize == 1 for layer in self.layers]):
-            flat = [self.x, self.bounds]
-            if self.kernel == "c":  # and room for the inputs packed in pairs (its DSP path)
-                widest = max([layer.n_in for layer in self.layers])
-                flat.append(array("i", bytes(_c.SCRATCH * (widest & ~3))))
-            for layer in self.layers:
-                flat += [layer.w, layer.q, layer.y]
-            self.net8 = tuple(flat)
-            return self
-        for layer in self.layers:  # (the per-layer kernels only where net8 is not used)
-            layer.fn = _kernel(self.kernel, layer.wsize)
-        self.plan = tuple([(layer.fn, self._weights(layer, layer.w), layer.q, layer.y)
-                           for layer in self.layers])
-        return self
-
-    def _weights(self, layer, w):
-        # the weights argument of layer's kernel: viper and C take w, the others lanes(w)
-        return w if w is None or not self.bytecode else _portable().lanes(w, layer.n_in)
+    """A loaded model: run(x) maps quantized input ints to output ints. Its attributes
+    are set by micromlp_build.py (it describes them); a net holds few, since each costs
+    8 bytes of its dictionary, which grows in steps: 17 slots, then 23."""
 
     def __repr__(self):
         return "Net(%s)" % ", ".join([repr(layer) for layer in self.layers])
@@ -239,14 +145,14 @@ class Net:
             out = array("i", bytes(4 * self.n_outputs))
         if not self._net8(x):
             self._infer(x)
-        self.copy(self.y, out, self.bounds)
+        self.kern.copy(self.y, out, self.bounds)
         return out
 
     def predict(self, x):
         """Index of the largest output (the first one on a tie); allocation-free."""
         if not self._net8(x):
             self._infer(x)
-        return self.argmax(self.y, self.bounds)
+        return self.kern.argmax(self.y, self.bounds)
 
     def _net8(self, x):
         # The one viper or C call (clamp and every layer; no bytecode frame, so nothing
@@ -255,7 +161,7 @@ class Net:
             return False
         if self.kernel == "c":
             return _c.net8(x, self.net8)
-        fast = self.fast
+        fast = _VIPER[0]
         fast.PLAN = self.net8
         fast.SRC = x
         done = fast.net8()
@@ -269,9 +175,9 @@ class Net:
         # max run in C: no copy, and no bytecode loop over the inputs).
         if len(x) != self.n_inputs:
             raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
-        if not (self.bytecode and type(x) is array and type(x[0]) is int
+        if not (self.kernel in _BYTECODE and type(x) is array and type(x[0]) is int
                 and min(x) >= self.in_lo and max(x) <= self.in_hi):
-            self.prep(x, self.x, self.bounds, self.lim)
+            self.kern.prep(x, self.x, self.bounds, self.lim)
             x = self.x
         _lock()
         self._layers(x)
@@ -291,21 +197,12 @@ class Net:
                 run(self, xq, layer)
                 xq = layer.y
 
-    def _floats(self, table):
-        # the file's input table, for quantize: n float32 scales, then n int32 zero
-        # points; or one of each where every input has the same (micromlp_load keeps
-        # that one entry): the quantizers read entry i * step of the table's entries
-        self.in_table = table
-        entries = len(table) // 8
-        self.bounds[7] = 1 if entries > 1 else 0
-        self.bounds[8] = entries
-
     # The float API lives in micromlp_float.py, imported on first use: a model fed
     # ints never holds it in RAM.
     @property
     def inputs(self):
         """The engine's own float32 inputs (an array('f')): fill it, then quantize it."""
-        return _float().inputs(self)
+        return _module("micromlp_float").inputs(self)
 
     def quantize(self, values, xq=None):
         """Floats (a list, net.inputs or your own array('f')) -> the input ints, into xq
@@ -313,7 +210,7 @@ class Net:
         clamp(floor(x / scale + 1/2) + zero) on the exact rational, ties up, +-inf
         clamped, NaN refused. Allocates nothing for a list or net.inputs, nor for your
         own array('f') after the first call with it (which makes a view of its bits)."""
-        return _float().quantize(self, values, xq)
+        return _module("micromlp_float").quantize(self, values, xq)
 
     def predict_float(self, values):
         """Index of the largest output for float inputs (quantize, then predict)."""
@@ -322,61 +219,15 @@ class Net:
     def dequantize(self, out, buf=None):
         """Output ints as floats, into buf (an array('f') or a list; default a new
         list). A float is a heap object on most ports: this allocates there."""
-        return _float().dequantize(self, out, buf)
+        return _module("micromlp_float").dequantize(self, out, buf)
 
     def probabilities(self, out, buf=None):
         """The softmax of the dequantized outputs (one output: its sigmoid), into buf.
         Allocates floats where they are heap objects."""
-        return _float().probabilities(self, out, buf)
+        return _module("micromlp_float").probabilities(self, out, buf)
 
     def close(self):
         """Close the model file of a streaming net."""
         if self.stream is not None:
             self.stream.close()
             self.stream = None
-
-
-def build(parts, kernel, bits, native=(None, None)):
-    # The Net from micromlp_load.read's parts; kernel None: the fastest this port has
-    # (saying so where a micromlp_c.mpy was there and could not be used); bits: the
-    # port's word size; native: micromlp_load.native()'s (module, note).
-    global _c, C_NOTE
-    _c, C_NOTE = native
-    if kernel is None:
-        kernel = "c" if _c else ("viper" if _viper() else "portable")
-        if C_NOTE:
-            print("micromlp: %s; using the %s kernel" % (C_NOTE, kernel))
-    if kernel == "c" and _c is None:
-        raise ValueError("kernel 'c' needs micromlp_c.mpy built for this port's "
-                         "architecture (firmware/native/): %s" % (C_NOTE or "not found"))
-    if kernel in ("viper", "native") and _viper() is None:
-        raise ValueError("kernel %r needs micromlp_viper.py and a port with viper" % kernel)
-    layers = []
-    for q, w, w_pos, wsize, relu in parts[0]:
-        layer = Layer(q, w, wsize, relu, kernel in ("viper", "c"))
-        layer.w_pos = w_pos
-        layers.append(layer)
-    net = Net(layers, parts[1], parts[2], parts[3], kernel, bits)
-    net._floats(parts[4])
-    return net
-
-
-def in_place(net, data):
-    # The module form: 8-bit weights used where they are, in the module's bytes (no
-    # RAM when the module is frozen or in ROMFS); 16-bit ones were copied (alignment).
-    for layer in net.layers:
-        if layer.w is None:
-            layer.w = data
-            layer.q[_W_OFF] = layer.w_pos
-    # The input table too (n float32 scales, n int32 zero points at offset 40, checked by
-    # the reader), where it is word-aligned in the module's bytes: the float API reads it
-    # by words, which a Cortex-M0 cannot do unaligned. Its RAM copy then goes (a
-    # table of one entry stays: 8 bytes).
-    try:
-        import uctypes
-
-        if net.bounds[8] > 1 and (uctypes.addressof(data) + 40) & 3 == 0:
-            net.in_table = memoryview(data)[40:40 + 8 * net.n_inputs]
-    except (ImportError, TypeError):  # CPython; a port whose bytes have no address
-        pass
-    return net._ready()

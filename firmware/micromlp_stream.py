@@ -18,8 +18,10 @@ _ROW0 = const(5)
 _ROW_END = const(6)
 
 
-def setup(net, f, chunk):
-    # Streaming needs one weight buffer that holds at least one row of every layer.
+def setup(net, f, chunk, weights):
+    # Streaming needs one weight buffer that holds at least one row of every layer;
+    # weights(net, layer, buf): the view of buf layer's kernel takes
+    # (micromlp_build.weights). The caller then makes the net ready.
     widest = 0
     sizes = 0
     for layer in net.layers:
@@ -30,10 +32,9 @@ def setup(net, f, chunk):
     chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
     for layer in net.layers:  # each layer's buffer, and its kernel's view of it
         layer.chunk_buf = chunk8 if layer.wsize == 1 else chunk16
-        layer.chunk = net._weights(layer, layer.chunk_buf)
+        layer.chunk = weights(net, layer, layer.chunk_buf)
     net.stream = f
     net.stream_layer = run_layer
-    return net._ready()
 
 
 def run_layer(net, x, layer):

@@ -63,9 +63,19 @@ def prep(x, xq: ptr32, b: ptr32, lim):
 
 @micropython.viper
 def copy(y: ptr32, out, b: ptr32):
-    # out[i] = y[i] for the b[4] outputs, sign-extended by b[5] on 64-bit ports
+    # out[i] = y[i] for the b[4] outputs, sign-extended by b[5] on 64-bit ports; into
+    # an array('i') long enough by words (a store through out as an object boxes each
+    # value: ten times the cost), else item by item (a list; a short out raises)
     sx = b[5]
     n = b[4]
+    i = n
+    head = ptr8(int(id(out)))
+    if head[8 if b[6] else 4] == 0x69 and int(len(out)) >= n:  # 0x69: 'i'
+        o = ptr32(out)
+        while i:
+            i -= 1
+            o[i] = y[i]
+        return
     i = 0
     while i < n:
         out[i] = (y[i] << sx) >> sx
@@ -103,13 +113,22 @@ def net8() -> int:
     # Every layer of an all-8-bit network in one call: PLAN = (x, Net.bounds, then w,
     # q, y of each layer); the inputs SRC, clamped into x first. Returns 1, or 0 when
     # SRC is not an array('i') of the right length (nothing is computed).
-    # Same integers as micromlp_viper_layers.linear8 layer by layer (tests/test_engine.py):
-    # four rows share each pass over x (each input loaded and zero-tested once per four
-    # multiply-adds; two or one at a layer's end, and one where inputs can be negative). Each row's
-    # weights are read through a view of its own (w0..w3 at the row's start), all by
-    # the input's index. The hottest variables are assigned first: viper keeps its
-    # first locals in registers (two on Thumb: i and xv, which every multiply-add
-    # reads; three on x64), the rest in the frame.
+    # Same integers as micromlp_viper_layers.linear8 layer by layer (tests/test_engine.py).
+    # Written for the code viper emits on Thumb, where it keeps two locals in registers
+    # (i and xv, which every multiply-add reads; three on x64) and the rest in the frame:
+    # - eight rows share each pass over x (each input loaded and zero-tested once per
+    #   eight multiply-adds; two or one at a layer's end, one where inputs can be
+    #   negative: a four-row pass too cost more code, in RAM on a board, than it saved),
+    #   each row's weights read through a view of its own (w0..w7 at the row's start)
+    #   by the input's index;
+    # - loops count down to 0 (`while i` is one compare; `while i < n` makes a boolean
+    #   and tests it): the sums are exact, so their order is free;
+    # - `a = w * x + a` loads a after the product (`a += w * x` spills a to the frame
+    #   while the product is made);
+    # - a layer's input sum (for the weights' offset) is made as its inputs are: in the
+    #   clamp, then as each output is requantized;
+    # - the rows' sums go to y and are requantized from there (no chain of tests to
+    #   pick one of eight locals).
     i = 0
     xv = 0
     a0 = 0
@@ -122,6 +141,14 @@ def net8() -> int:
     w1 = ptr8(0)
     w2 = ptr8(0)
     w3 = ptr8(0)
+    a4 = 0
+    a5 = 0
+    a6 = 0
+    a7 = 0
+    w4 = ptr8(0)
+    w5 = ptr8(0)
+    w6 = ptr8(0)
+    w7 = ptr8(0)
     plan = PLAN
     x = ptr32(plan[0])
     b = ptr32(plan[1])  # Net.bounds: n, lo, hi, ..., 64-bit sign extension at b[6]
@@ -138,14 +165,17 @@ def net8() -> int:
     xs = ptr32(src)
     lo = (b[1] << sx) >> sx
     hi = (b[2] << sx) >> sx
-    while i < n:
+    s = 0  # the sum of a layer's inputs, made as they are (the weights' offset, below)
+    i = n
+    while i:
+        i -= 1
         xv = (xs[i] << sx) >> sx
         if xv < lo:
             xv = lo
         elif xv > hi:
             xv = hi
         x[i] = xv
-        i += 1
+        s += xv
     nl = (int(len(plan)) - 2) // 3
     li = 0
     while li < nl:
@@ -166,77 +196,97 @@ def net8() -> int:
         lf = (q[_SLOPE_FLOOR] << sx) >> sx
         lo = (lo << sx) >> sx
         hi = (hi << sx) >> sx
+        z = 0 - (s << 7)  # 8-bit weights are stored + 128: sum(w x) = sum(u x) - 128 sum(x)
         s = 0
-        i = 0
-        while i < n:
-            s += (x[i] << xsx) >> xsx
-            i += 1
-        s = s << 7
         o = 0
         while o < end:
             j = _Q + 4 * o
-            a0 = 0 - s
-            a1 = a0
-            a2 = a0
-            a3 = a0
+            a0 = z
+            a1 = z
+            a2 = z
+            a3 = z
+            a4 = z
+            a5 = z
+            a6 = z
+            a7 = z
             rows = 1
             if not xsx:
                 rows = end - o
-                if rows > 4:
-                    rows = 4
-                if rows == 3:
+                if rows >= 8:
+                    rows = 8
+                elif rows >= 2:
                     rows = 2
             if bias:
-                a0 += (q[j] << sx) >> sx
+                qj = ptr32(int(q) + 4 * j)
+                a0 += (qj[0] << sx) >> sx
                 if rows > 1:
-                    a1 += (q[j + 4] << sx) >> sx
+                    a1 += (qj[4] << sx) >> sx
                 if rows > 2:
-                    a2 += (q[j + 8] << sx) >> sx
-                    a3 += (q[j + 12] << sx) >> sx
-            i = 0
+                    a2 += (qj[8] << sx) >> sx
+                    a3 += (qj[12] << sx) >> sx
+                    a4 += (qj[16] << sx) >> sx
+                    a5 += (qj[20] << sx) >> sx
+                    a6 += (qj[24] << sx) >> sx
+                    a7 += (qj[28] << sx) >> sx
+            i = n
             w0 = ptr8(int(w) + k)
             w1 = ptr8(int(w0) + n)
             w2 = ptr8(int(w1) + n)
             w3 = ptr8(int(w2) + n)
+            w4 = ptr8(int(w3) + n)
+            w5 = ptr8(int(w4) + n)
+            w6 = ptr8(int(w5) + n)
+            w7 = ptr8(int(w6) + n)
             k += rows * n
             if xsx:  # inputs that can be negative: one row at a time, sign-extended
-                while i < n:
-                    a0 += int(w0[i]) * ((x[i] << xsx) >> xsx)
-                    i += 1
-            elif rows == 4:
-                while i < n:
+                while i:
+                    i -= 1
+                    a0 = int(w0[i]) * ((x[i] << xsx) >> xsx) + a0
+            elif rows == 8:
+                while i:
+                    i -= 1
                     xv = x[i]
                     if xv:
-                        a0 += int(w0[i]) * xv
-                        a1 += int(w1[i]) * xv
-                        a2 += int(w2[i]) * xv
-                        a3 += int(w3[i]) * xv
-                    i += 1
+                        a0 = int(w0[i]) * xv + a0
+                        a1 = int(w1[i]) * xv + a1
+                        a2 = int(w2[i]) * xv + a2
+                        a3 = int(w3[i]) * xv + a3
+                        a4 = int(w4[i]) * xv + a4
+                        a5 = int(w5[i]) * xv + a5
+                        a6 = int(w6[i]) * xv + a6
+                        a7 = int(w7[i]) * xv + a7
             elif rows == 2:
-                while i < n:
+                while i:
+                    i -= 1
                     xv = x[i]
                     if xv:
-                        a0 += int(w0[i]) * xv
-                        a1 += int(w1[i]) * xv
-                    i += 1
+                        a0 = int(w0[i]) * xv + a0
+                        a1 = int(w1[i]) * xv + a1
             else:
-                while i < n:
+                while i:
+                    i -= 1
                     xv = x[i]
                     if xv:
-                        a0 += int(w0[i]) * xv
-                    i += 1
-            t = 0
-            while t < rows:
-                acc = a0
-                if t == 1:
-                    acc = a1
-                elif t == 2:
-                    acc = a2
-                elif t == 3:
-                    acc = a3
-                m = q[j + 1]
-                r = q[j + 2]
-                sh = q[j + 3]
+                        a0 = int(w0[i]) * xv + a0
+            # the rows' sums into y, then each requantized where it lies
+            y[o] = a0
+            if rows > 1:
+                y[o + 1] = a1
+            if rows > 2:
+                y[o + 2] = a2
+                y[o + 3] = a3
+                y[o + 4] = a4
+                y[o + 5] = a5
+                y[o + 6] = a6
+                y[o + 7] = a7
+            t = rows
+            while t:
+                t -= 1
+                acc = (y[o] << sx) >> sx
+                qj = ptr32(int(q) + 4 * j)
+                m = qj[1]
+                r = qj[2]
+                sh = qj[3]
                 if sh < 15:
                     acc = (acc * m + r) >> sh
                 else:  # split at bit 15 so no product reaches 2**30 (see micromlp_portable.linear)
@@ -253,9 +303,9 @@ def net8() -> int:
                 elif acc > hi:
                     acc = hi
                 y[o] = acc
+                s += acc
                 o += 1
                 j += 4
-                t += 1
         x = y
         li += 1
     return 1

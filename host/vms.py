@@ -43,15 +43,15 @@ def tiny_loader_files() -> list[Path]:
 
 
 def firmware_files(viper: bool = True) -> list[Path]:
-    """The files that go on a board: the engine (micromlp.py, which load() uses to import
-    the checked reader and then the kernels and Net), its portable kernel and streaming
-    (each imported only by a net that uses it), its viper/native kernels (the whole-net
-    one, and the per-layer ones imported only where needed; left out with viper=False:
-    the bytecode modules only, which every port runs), and its float API (imported on
-    first use)."""
+    """The files that go on a board: the engine (micromlp.py, whose load() imports the
+    checked reader, then the net's assembly, dropping each when done), the Net, its
+    portable kernel and streaming (each imported only by a net that uses it), its
+    viper/native kernels (the whole-net one, and the per-layer ones imported only where
+    needed; left out with viper=False: the bytecode modules only, which every port runs),
+    and its float API (imported on first use)."""
     src = engine_source()
-    names = ("load", "net", "portable", "stream", "viper", "viper_layers", "float") if viper \
-        else ("load", "net", "portable", "stream", "float")
+    names = ("load", "build", "net", "portable", "stream", "viper", "viper_layers", "float") \
+        if viper else ("load", "build", "net", "portable", "stream", "float")
     return [src] + [src.with_name(f"micromlp_{n}.py") for n in names]
 
 

@@ -168,6 +168,34 @@ def test_input_clamp_and_predict_on_firmware(exported):
         net.run([0] * (model.n_inputs + 1))
 
 
+
+def test_viper_copies_into_an_array_by_words_only_where_it_fits(tmp_path):
+    # viper's copy of the outputs stores into an array('i') by machine words where it
+    # holds them all; a shorter one raises as a list does (nothing written past its end),
+    # and a list takes the outputs item by item
+    import subprocess
+
+    path = tmp_path / "m.mlp"
+    model = export(make_mlp([6, 9, 7, 4]), calib_data(6), path)
+    vms.stage_firmware(tmp_path)
+    x = test_inputs(model, 1, seed=5)[0].tolist()
+    (tmp_path / "s.py").write_text(f"""
+import micromlp
+from array import array
+net = micromlp.load('m.mlp', kernel='viper')
+x = array('i', {x!r})
+for out in (array('i', [7] * 6), [0] * 4, array('i', [7] * 3), [0] * 3):
+    try:
+        net.run(x, out)
+        print(list(out))
+    except IndexError:
+        print('IndexError', list(out))
+""")
+    p = subprocess.run([vms.unix_exe(), "s.py"], cwd=tmp_path, capture_output=True, text=True)
+    want = reference.run(model, np.array([x])).out[0].tolist()
+    assert p.stdout.splitlines() == [str(want + [7, 7]), str(want), f"IndexError {want[:3]}",
+                                     f"IndexError {want[:3]}"], p.stdout + p.stderr
+
 # MicroPython's own Cortex-M boards in QEMU (host/boards/mcu.py): every architecture of
 # the matrix in one boot per kernel. The M0 has no viper or native emitter.
 MCU_BACKENDS = [(board, kernel, stream) for board in ("cortex-m3", "cortex-m7")

