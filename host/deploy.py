@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import io
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -126,8 +125,7 @@ def connect(port: str):
     except Exception as e:  # pyserial raises several types for a bad port
         raise DeployError(f"no board on {port}: {e}") from None
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints what it read
-            t.enter_raw_repl(soft_reset=False)
+        serialcopy.raw_repl(t)
     except Exception as e:
         t.close()
         raise DeployError(
@@ -168,8 +166,7 @@ def soft_reset(t, log=print) -> bool:
 def _reset(t) -> None:
     # a soft reset, back in the raw REPL
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints what it read
-            t.enter_raw_repl(soft_reset=True)
+        serialcopy.raw_repl(t, soft_reset=True)
     except Exception as e:
         raise DeployError(
             f"the board did not come back from a soft reset ({e}); if it exits on one, "
@@ -209,8 +206,7 @@ def _exec(t, code: str, what: str) -> bytes:
     try:
         return t.exec(code)
     except TransportExecError as e:
-        msg = (e.error_output or "").strip().splitlines()
-        raise DeployError(f"{what} failed on the board: {msg[-1] if msg else e}") from None
+        raise DeployError(f"{what} failed on the board: {serialcopy.error_line(e)}") from None
 
 
 class _GentleSerial:

@@ -66,11 +66,24 @@ def content_hash(data: bytes) -> int:
     return h
 
 
+def raw_repl(t, soft_reset: bool = False) -> None:
+    """Enter the board's raw REPL (after a soft reset, or not), keeping mpremote's echo
+    of what it read off stdout."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        t.enter_raw_repl(soft_reset=soft_reset)
+
+
+def error_line(e) -> str:
+    """What a command that failed on the board said: the last line of its output (the
+    exception), else the transport's own error."""
+    msg = (getattr(e, "error_output", "") or "").strip().splitlines()
+    return msg[-1] if msg else str(e)
+
+
 def resync(t) -> None:
     """Back to a clean raw REPL prompt after a command was cut short on the line:
     Ctrl-C clears a half-received command, Ctrl-A restarts the raw REPL."""
-    with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints what it read
-        t.enter_raw_repl(soft_reset=False)
+    raw_repl(t)
 
 
 def _held(t, command: str, expect: set[int]) -> int | None:
@@ -178,6 +191,5 @@ def _rename(t, tmp: str, name: str) -> None:
         t.exec(f"import os\ntry:\n os.remove({name!r})\nexcept OSError:\n pass\n"
                f"os.rename({tmp!r},{name!r})")
     except TransportExecError as e:
-        msg = (e.error_output or "").strip().splitlines()
         raise CopyError(f"renaming {tmp} to {name} on the board failed: "
-                        f"{msg[-1] if msg else e}") from None
+                        f"{error_line(e)}") from None
