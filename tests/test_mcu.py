@@ -95,6 +95,20 @@ def test_flash_q_is_used_only_where_it_matches_the_model(digits, tmp_path):
     assert lines == [f"Q ['memoryview'] {want}", f"Q ['array'] {want}"], lines
 
 
+
+def test_the_frozen_model_carries_q32_only_for_a_core_with_viper(digits, tmp_path):
+    # the layers' words in flash serve only the viper kernel: a manifest for a core
+    # without it (the M0) freezes MODEL alone
+    from micromlp.host.boards.frozen import write_manifest
+
+    _, ex = digits
+    for viper in (True, False):
+        write_manifest(tmp_path / str(viper), viper, ex.paths["mlp"])
+        held = {}
+        exec((tmp_path / str(viper) / "model_mlp.py").read_text(), held)
+        assert held["MODEL"] == ex.paths["mlp"].read_bytes()
+        assert ("Q32" in held) == viper
+
 def test_a_large_model_reloads_on_a_139_kb_heap(tmp_path):
     path = tmp_path / "big.mlp"
     export(make_mlp([256, 128, 10]), calib_data(256), path)

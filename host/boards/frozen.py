@@ -54,7 +54,9 @@ def write_manifest(out: Path, viper: bool, model: Path | None = None) -> tuple[P
     if model is not None:
         data = Path(model).read_bytes()
         modelfile.from_bytes(data)  # checked before it goes into a firmware
-        (out / "model_mlp.py").write_text(module_source(data, flash_q=True))
+        # with the layers' parameter arrays for viper to read from flash (Q32), where
+        # the core has viper (without, they would only take flash)
+        (out / "model_mlp.py").write_text(module_source(data, flash_q=viper))
         model_line = 'module("model_mlp.py")  # import model_mlp; micromlp.load(model_mlp)\n'
         frozen.append("model_mlp")
     names = ", ".join(repr(f.name) for f in files)
