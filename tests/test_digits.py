@@ -138,13 +138,17 @@ def test_full_engine_drops_its_reader_after_load(digits, tmp_path):
     script = ("import sys, micromlp\n"
               "mods = lambda: sorted(m for m in sys.modules if m.startswith('micromlp'))\n"
               "try:\n micromlp.load('bad.mlp')\nexcept micromlp.ModelError:\n print(mods())\n"
+              "try:\n micromlp.load('model.mlp', kernel='c')\nexcept ValueError:\n"
+              " print(mods())\n"
               "net = micromlp.load('model.mlp')\nprint(mods())\n")
     out = subprocess.run([vms.unix_exe(), "-c", script], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60).stdout.split("\n")
     # a refused file: the reader came and went, the net was never imported
     assert out[0] == "['micromlp']"
+    # a net that could not be built (no micromlp_c.mpy here): the assembly went too
+    assert out[1] == "['micromlp', 'micromlp_net']"
     # no reader, no assembly, no floats
-    assert out[1] == "['micromlp', 'micromlp_net', 'micromlp_viper']"
+    assert out[2] == "['micromlp', 'micromlp_net', 'micromlp_viper']"
     smallest, resident = min_heap(ex.paths["mlp"], ex.model, "mlp")
     # (the C kernels' glue and the on-demand viper imports cost the net module ~1.3 KB here)
     assert resident < 21 * 1024 < smallest <= 30 * 1024
