@@ -41,8 +41,8 @@ def _literal(name: str, data: bytes) -> list[str]:
 def q_words(data: bytes) -> bytes:
     """Every layer's q (the engine's int32 parameter array, layout in
     firmware/micromlp_net.py) as the engine's own reader builds it from the model file
-    data on a 32-bit port, with the weights' offset in data filled in (as
-    micromlp_net.in_place does): the engine compares them with its own before it uses
+    data on a 32-bit port, with the offset of 8-bit weights in data filled in (as
+    micromlp_build.in_place does): the engine compares them with its own before it uses
     them."""
     from io import BytesIO
 
@@ -51,8 +51,9 @@ def q_words(data: bytes) -> bytes:
 
     parts, _native = engine._read(BytesIO(data), 2, 32)
     out = bytearray()
-    for q, _w, w_pos, _wsize, _relu in parts[0]:
-        q[micromlp_net._W_OFF] = w_pos
+    for q, w, w_pos, _wsize, _relu in parts[0]:
+        if w is None:  # 8-bit weights, used in place in MODEL (16-bit ones are copied)
+            q[micromlp_net._W_OFF] = w_pos
         out += q.tobytes()
     return bytes(out)
 

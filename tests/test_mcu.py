@@ -59,41 +59,49 @@ def test_frozen_firmware_runs_the_model_with_no_file(digits, tmp_path, capsys):
 def test_flash_q_is_used_only_where_it_matches_the_model(digits, tmp_path):
     # model_mlp's Q32 (every layer's q for a 32-bit port) is read in place where its
     # words equal the q the engine builds from MODEL; a module whose Q32 was changed (one
-    # channel's multiplier, in all four copies) gets q in RAM, and the same outputs
+    # channel's multiplier, in all four copies) gets q in RAM, and the same outputs.
+    # Digits runs in one viper call (net8); a model with 16-bit weights (copied to RAM,
+    # their offset not in q) runs layer by layer (linear16)
     from micromlp.export.pymodule import module_source, q_words
+    from micromlp.export.quantize import QuantOptions
     from micromlp.host import vms
 
     _, ex = digits
-    data = ex.paths["mlp"].read_bytes()
-    source = module_source(data, flash_q=True)
-    words = q_words(data)
-    held = {}
-    exec(source, held)
-    assert held["MODEL"] == data and held["Q32"] == b"\0".join([words] * 4)
-    mult = 4 * (16 + 1)  # layer 0, channel 0's multiplier (micromlp_net.py's q slots)
-    bad = words[:mult] + bytes([words[mult] ^ 1]) + words[mult + 1:]
+    w16 = tmp_path / "w16.mlp"
+    export(make_mlp([6, 9, 7, 4]), calib_data(6), w16, QuantOptions(weight_bits=16))
     for f in vms.firmware_files():
         (tmp_path / f.name).write_bytes(f.read_bytes())
-    (tmp_path / "good_mlp.py").write_text(source)
-    bad_q32 = b"\0".join([bad] * 4)
-    (tmp_path / "bad_mlp.py").write_text(module_source(data) + f"Q32 = {bad_q32!r}\n")
-    for name in ("good_mlp", "bad_mlp"):  # compiled here: in ROMFS, bytes stay in flash
-        subprocess.run([str(mcu.mpy_cross()), "-o", str(tmp_path / f"{name}.mpy"),
-                        str(tmp_path / f"{name}.py")], check=True)
-        (tmp_path / f"{name}.py").unlink()
-    model = modelfile.load(ex.paths["mlp"])
-    x = np.random.default_rng(1).integers(model.in_lo, model.in_hi + 1, size=model.n_inputs)
-    (tmp_path / "s.py").write_text(
-        "import micromlp, good_mlp, bad_mlp\n"
-        "for m in (good_mlp, bad_mlp):\n"
-        "    net = micromlp.load(m)\n"
-        "    print('Q', sorted(set([type(layer.q).__name__ for layer in net.layers])),\n"
-        f"          list(net.run({x.tolist()!r})))\n")
+    script = "import micromlp\n"
+    want = []
+    for key, path in (("d", ex.paths["mlp"]), ("w", w16)):
+        data = path.read_bytes()
+        source = module_source(data, flash_q=True)
+        words = q_words(data)
+        held = {}
+        exec(source, held)
+        assert held["MODEL"] == data and held["Q32"] == b"\0".join([words] * 4)
+        mult = 4 * (16 + 1)  # layer 0, channel 0's multiplier (micromlp_net.py's q slots)
+        bad = words[:mult] + bytes([words[mult] ^ 1]) + words[mult + 1:]
+        bad_q32 = b"\0".join([bad] * 4)
+        (tmp_path / f"{key}good.py").write_text(source)
+        (tmp_path / f"{key}bad.py").write_text(module_source(data) + f"Q32 = {bad_q32!r}\n")
+        model = modelfile.load(path)
+        x = np.random.default_rng(1).integers(model.in_lo, model.in_hi + 1,
+                                              size=model.n_inputs)
+        out = reference.run(model, x[None, :]).out[0].tolist()
+        want += [f"Q ['memoryview'] {out}", f"Q ['array'] {out}"]
+        for name in (f"{key}good", f"{key}bad"):
+            # compiled here: in ROMFS, a module's bytes stay in flash
+            subprocess.run([str(mcu.mpy_cross()), "-o", str(tmp_path / f"{name}.mpy"),
+                            str(tmp_path / f"{name}.py")], check=True)
+            (tmp_path / f"{name}.py").unlink()
+            script += (f"import {name}\nnet = micromlp.load({name})\n"
+                       "print('Q', sorted(set([type(layer.q).__name__ for layer in "
+                       f"net.layers])), list(net.run({x.tolist()!r})))\n")
+    (tmp_path / "s.py").write_text(script)
     lines = [ln for ln in mcu.run("cortex-m3", tmp_path, "s.py").splitlines()
              if ln.startswith("Q ")]
-    want = reference.run(model, x[None, :]).out[0].tolist()
-    assert lines == [f"Q ['memoryview'] {want}", f"Q ['array'] {want}"], lines
-
+    assert lines == want, lines
 
 
 def test_the_frozen_model_carries_q32_only_for_a_core_with_viper(digits, tmp_path):
