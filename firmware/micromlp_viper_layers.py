@@ -53,28 +53,30 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
     lf = (q[_SLOPE_FLOOR] << sx) >> sx
     lo = (lo << sx) >> sx
     hi = (hi << sx) >> sx
+    # (the loops count down and add the product first: see micromlp_viper.net8)
     s = 0
-    i = 0
-    while i < n:
+    i = n
+    while i:
+        i -= 1
         s += (x[i] << xsx) >> xsx
-        i += 1
     s = s << 7
     while o < end:
         j = _Q + 4 * o
         acc = 0 - s
         if bias:
             acc += (q[j] << sx) >> sx
-        i = 0
+        wr = ptr8(int(w) + k)  # this row's weights
+        i = n
         if xsx:
-            while i < n:
-                acc += int(w[k + i]) * ((x[i] << xsx) >> xsx)
-                i += 1
+            while i:
+                i -= 1
+                acc = int(wr[i]) * ((x[i] << xsx) >> xsx) + acc
         else:
-            while i < n:
+            while i:
+                i -= 1
                 xv = x[i]
                 if xv:
-                    acc += int(w[k + i]) * xv
-                i += 1
+                    acc = int(wr[i]) * xv + acc
         k += n
         m = q[j + 1]
         r = q[j + 2]
@@ -120,22 +122,21 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
         acc = 0
         if bias:
             acc = (q[j] << sx) >> sx
-        stop = k + n
-        i = 0
+        wr = ptr16(int(w) + 2 * k)  # this row's weights (counted down, as in linear8)
+        k += n
+        i = n
         if wide:  # b + sum(w (x >> 8)) + (sum(w (x & 255)) >> 8): no sum reaches 2**30
             low = 0
-            while k < stop:
-                wv = (int(w[k]) ^ 0x8000) - 0x8000
+            while i:
+                i -= 1
+                wv = (int(wr[i]) ^ 0x8000) - 0x8000
                 xv = (x[i] << sx) >> sx
-                acc += wv * (xv >> 8)
-                low += wv * (xv & 255)
-                k += 1
-                i += 1
+                acc = wv * (xv >> 8) + acc
+                low = wv * (xv & 255) + low
             acc += low >> 8
-        while k < stop:
-            acc += ((int(w[k]) ^ 0x8000) - 0x8000) * ((x[i] << sx) >> sx)
-            k += 1
-            i += 1
+        while i:
+            i -= 1
+            acc = ((int(wr[i]) ^ 0x8000) - 0x8000) * ((x[i] << sx) >> sx) + acc
         m = q[j + 1]
         r = q[j + 2]
         sh = q[j + 3]
