@@ -30,7 +30,7 @@ class ModelError(ValueError):
 
 def _sibling(name):
     # A module beside this one: top-level on a board; on CPython, in the package
-    # this one is part of (micromlp.firmware).
+    # this one is part of (micromlp.firmware). micromlp_net imports with it too.
     try:
         return __import__(name)
     except ImportError:

@@ -95,7 +95,7 @@ def _net(layers, in_lo, in_hi, out_scale, table, kernel, bits):
     net.bounds = array("i", [n, in_lo, in_hi, sx if in_lo < 0 else 0, net.n_outputs,
                              sx if layers[-1].q[_LO] < 0 else 0, sx,
                              1 if entries > 1 else 0, entries])
-    net.plan = net.net8 = None
+    # (plan and net8: set by ready())
     # floats in: the float API's buffers (net.inputs and the views quantize reads) are
     # made on first use, in f32 (micromlp_float.py): a model fed ints never pays for them
     net.in_table = table

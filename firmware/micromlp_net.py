@@ -86,26 +86,19 @@ _Q = const(16)
 _BYTECODE = ("native", "portable")
 _MODULES = {}  # micromlp_float and micromlp_portable, once imported
 
+try:  # the front module's import of a module beside it
+    from micromlp import _sibling
+except ImportError:  # CPython, as the package module micromlp.firmware.micromlp_net
+    from .micromlp import _sibling
+
 
 def _module(name):
     # A sibling module imported on first use (micromlp_float: the float API;
-    # micromlp_portable: the bytecode kernels, for a net that uses them). Small: a
-    # larger frame (the import's) would be allocated on every float API call.
+    # micromlp_portable: the bytecode kernels, for a net that uses them), through
+    # micromlp._sibling. Small: a larger frame would be allocated on every float API call.
     m = _MODULES.get(name)
-    return _import(name) if m is None else m
-
-
-def _import(name):
-    # top-level on a board; on CPython, in the package this one is part of
-    try:
-        m = __import__(name)
-    except ImportError:
-        if "." not in __name__:  # a board missing the file: say which
-            raise
-        from importlib import import_module
-
-        m = import_module(__name__.rpartition(".")[0] + "." + name)
-    _MODULES[name] = m
+    if m is None:
+        m = _MODULES[name] = _sibling(name)
     return m
 
 
