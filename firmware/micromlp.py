@@ -41,16 +41,6 @@ def _sibling(name):
         return import_module(__name__.rpartition(".")[0] + "." + name)
 
 
-def _word_bits():
-    # 64 on the unix port and CPython, 32 on MCUs: viper's int is one machine word.
-    try:
-        import sys
-
-        return 64 if sys.maxsize > 0x7FFFFFFF else 32
-    except (ImportError, AttributeError):
-        return 32
-
-
 def _buffers(f, keep):
     # The weight buffers and the layers' q arrays, made before the reader is imported:
     # its code lands wherever the heap has room, and a large layer found no gap in one
@@ -83,8 +73,8 @@ def _buffers(f, keep):
             wsizes.append(wsize)
             outs.append(b)
             pos += size
-            # (a layer's q, 64 + 16 n_out bytes, is less than twice the layer's size)
-            if size < 40 or pos > end or sum(sizes) > end or 16 * b + 64 > 2 * size:
+            # (a layer's q, 64 + 12 n_out bytes, is less than twice the layer's size)
+            if size < 40 or pos > end or sum(sizes) > end or 12 * b + 64 > 2 * size:
                 return None
         # per layer [weights, q] (micromlp_net.py's parameter array), made in one
         # stretch of the heap: the weights, the largest first, then q, the reader's
@@ -95,7 +85,7 @@ def _buffers(f, keep):
                 n = sizes[i]
                 bufs[i][0] = bytearray(n) if wsizes[i] == 1 else array("h", bytes(n))
         for i in range(n_layers):
-            bufs[i][1] = array("i", bytes(64 + 16 * outs[i]))
+            bufs[i][1] = array("i", bytes(64 + 12 * outs[i]))
         return bufs
     except Exception:  # a short or odd file (CPython's struct.error too): the reader says
         return None
@@ -103,9 +93,10 @@ def _buffers(f, keep):
         f.seek(here)
 
 
-def _read(f, keep, bits):
-    # The checked parts of a model stream, and micromlp_c where it loads (the reader
-    # finds it: micromlp_load.native()); load() drops the reader afterwards.
+def _read(f, keep, bits=None):
+    # The checked parts of a model stream (bits: the word size to build q for; None:
+    # this port's), and micromlp_c where it loads (the reader finds it:
+    # micromlp_load.native()); load() drops the reader afterwards.
     bufs = _buffers(f, keep)
     m = _sibling("micromlp_load")
     m.ModelError = ModelError
@@ -161,15 +152,14 @@ def load(src, kernel=None, stream=False, chunk=2048):
         f = BytesIO(data)
     else:
         raise TypeError("load() takes a path, a binary file or a model module")
-    bits = _word_bits()
     try:
         # read first, then import the net: the reader is gone before the net comes in
         try:
-            parts, native = _read(f, 2 if data is not None else (0 if stream else 3), bits)
+            parts, native = _read(f, 2 if data is not None else (0 if stream else 3))
         finally:
             _drop("micromlp_load", True)
         try:
-            net = _assemble(parts, kernel, bits, native, f, stream, chunk, data,
+            net = _assemble(parts, kernel, native, f, stream, chunk, data,
                             getattr(src, "Q32", None))
         finally:
             _drop("micromlp_build", False)
@@ -182,12 +172,12 @@ def load(src, kernel=None, stream=False, chunk=2048):
     return net
 
 
-def _assemble(parts, kernel, bits, native, f, stream, chunk, data, words):
+def _assemble(parts, kernel, native, f, stream, chunk, data, words):
     # The Net from the reader's parts (micromlp_build.py, dropped again by load())
     b = _sibling("micromlp_build")
-    net = b.build(parts, kernel, bits, native)
+    net = b.build(parts, kernel, native)
     if stream:
-        _sibling("micromlp_stream").setup(net, f, chunk, b.weights)
+        _sibling("micromlp_stream").setup(net, f, chunk, b, parts)
     elif data is not None:
-        return b.in_place(net, data, words)
+        return b.in_place(net, data, words, parts)
     return b.ready(net)

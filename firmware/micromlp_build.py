@@ -25,15 +25,14 @@ _N_OUT = const(1)
 _LO = const(2)
 _HAS_BIAS = const(4)
 _W_OFF = const(7)
+_W_ZERO = const(9)
 
 
-def build(parts, kernel, bits, native=(None, None)):
-    # The Net from micromlp_load.read's parts; kernel None: the fastest this port has
-    # (saying so where a micromlp_c.mpy was there and could not be used); bits: the
-    # port's word size; native: micromlp_load.native()'s (module, note).
+def build(parts, kernel, native=(None, None)):
+    # The Net from micromlp_load.read's parts (the last: the port's word size); kernel
+    # None: the fastest this port has (saying so where a micromlp_c.mpy was there and
+    # could not be used); native: micromlp_load.native()'s (module, note).
     c, note = native
-    N._c = c
-    N.C_NOTE = note
     if kernel is None:
         kernel = "c" if c else ("viper" if N._viper() else "portable")
         if note:
@@ -44,30 +43,38 @@ def build(parts, kernel, bits, native=(None, None)):
     if kernel in ("viper", "native") and N._viper() is None:
         raise ValueError("kernel %r needs micromlp_viper.py and a port with viper" % kernel)
     typed = kernel in ("viper", "c")
+    # outputs: arrays for viper and C (ptr32), where layer i writes into layer i - 2's
+    # (read by layer i - 1 only): two arrays serve every layer; lists for the bytecode
+    # kernels (faster to iterate), one per layer. Either way made once, here.
+    ys = None
+    if typed:
+        sizes = [0, 0]
+        for i in range(len(parts[0])):
+            sizes[i & 1] = max(sizes[i & 1], parts[0][i][0][_N_OUT])
+        ys = [array("i", bytes(4 * n)) for n in sizes]
     layers = []
-    for q, w, w_pos, wsize, relu in parts[0]:
-        layers.append(_layer(q, w, w_pos, wsize, relu, typed))
-    return _net(layers, parts[1], parts[2], parts[3], parts[4], kernel, bits)
+    for i in range(len(parts[0])):
+        q = parts[0][i][0]
+        layers.append(_layer(q, parts[0][i][1], parts[0][i][4],
+                             ys[i & 1] if ys else [0] * q[_N_OUT]))
+    return _net(layers, parts[1], parts[2], parts[3], parts[4], kernel, parts[5], c)
 
 
-def _layer(q, w, w_pos, wsize, relu, typed):
+def _layer(q, w, relu, y):
+    # (seven attributes: an instance's dictionary has 7 slots, then 11; the weights'
+    # size is in q (its zero point), their place in the file in the reader's parts)
     layer = N.Layer()
     layer.q = q
     layer.n_in = q[_N_IN]
     layer.n_out = q[_N_OUT]
     layer.has_bias = q[_HAS_BIAS]
     layer.w = w
-    layer.wsize = wsize
     layer.relu = relu
-    layer.fn = None
-    layer.w_pos = w_pos
-    # outputs: an array for viper and C (ptr32), a list for the bytecode kernels
-    # (faster to iterate); either way made once, here
-    layer.y = array("i", bytes(4 * layer.n_out)) if typed else [0] * layer.n_out
+    layer.y = y
     return layer
 
 
-def _net(layers, in_lo, in_hi, out_scale, table, kernel, bits):
+def _net(layers, in_lo, in_hi, out_scale, table, kernel, bits, c):
     net = N.Net()
     n = layers[0].n_in
     net.layers = layers
@@ -83,8 +90,8 @@ def _net(layers, in_lo, in_hi, out_scale, table, kernel, bits):
     net.x = array("i", bytes(4 * n))
     net.y = layers[-1].y  # the last layer's outputs (predict reads them in place)
     # the module with prep (the input clamp), copy (of the result) and argmax
-    net.kern = N._c if kernel == "c" else (fast or N._module("micromlp_portable"))
-    net.lim = [in_lo, in_hi]
+    net.kern = c if kernel == "c" else (fast or N._module("micromlp_portable"))
+    net.lim = (in_lo, in_hi)  # (a tuple: one object, where a list is two)
     # What the clamp, copy, argmax and quantizers read: n, the input range, then viper's
     # sign extension on 64-bit ports where values can be < 0 (inputs, outputs, any),
     # then the input table's step and entries: n float32 scales and n int32 zero points,
@@ -103,23 +110,33 @@ def _net(layers, in_lo, in_hi, out_scale, table, kernel, bits):
     return net
 
 
-def _kernel(name, wsize):
-    # The kernel function for a layer (micromlp.load has checked the name).
+def wsize(layer):
+    # bytes per weight: 16-bit weights are an array('h'), 8-bit ones bytes-like; where
+    # they stay in the file (w None), from q's weight zero point (128 for 8 bits; q
+    # is an array then, not _flash_q's byte view)
+    if layer.w is None:
+        return 1 if layer.q[_W_ZERO] else 2
+    return 2 if type(layer.w) is array else 1
+
+
+def _kernel(net, layer):
+    # The kernel function for a layer (micromlp.load has checked the net's kernel name).
+    name = net.kernel
     if name == "portable":
         return N._module("micromlp_portable").linear
     if name == "c":
-        return N._c.linear8 if wsize == 1 else N._c.linear16
+        return net.kern.linear8 if wsize(layer) == 1 else net.kern.linear16
     fast = N._viper(1)
     if fast is None:
         raise ValueError("kernel %r needs micromlp_viper_layers.py here" % name)
     if name == "viper":
-        return fast.linear8 if wsize == 1 else fast.linear16
+        return fast.linear8 if wsize(layer) == 1 else fast.linear16
     return fast.linear_native
 
 
 def weights(net, layer, w):
     # the weights argument of layer's kernel: viper and C take w, the others lanes(w)
-    if w is None or net.kernel not in N._BYTECODE:
+    if w is None or net.kernel not in ("native", "portable"):
         return w
     return N._module("micromlp_portable").lanes(w, layer.n_in)
 
@@ -129,29 +146,33 @@ def ready(net):
     # and C with 8-bit weights in RAM, the whole network as one call (net8)
     net.plan = net.net8 = None
     if net.kernel in ("viper", "c") and net.stream is None and all(
-            [layer.wsize == 1 for layer in net.layers]):
+            [wsize(layer) == 1 for layer in net.layers]):
         flat = [net.x, net.bounds]
         if net.kernel == "c":  # and room for the inputs packed in pairs (its DSP path)
             widest = max([layer.n_in for layer in net.layers])
-            flat.append(array("i", bytes(N._c.SCRATCH * (widest & ~3))))
+            flat.append(array("i", bytes(net.kern.SCRATCH * (widest & ~3))))
         for layer in net.layers:
             flat += [layer.w, layer.q, layer.y]
         net.net8 = tuple(flat)
         return net
-    for layer in net.layers:  # (the per-layer kernels only where net8 is not used)
-        layer.fn = _kernel(net.kernel, layer.wsize)
-    net.plan = tuple([(layer.fn, weights(net, layer, layer.w), layer.q, layer.y)
-                      for layer in net.layers])
+    # (the per-layer kernels only where net8 is not used)
+    net.plan = tuple([(_kernel(net, layer), weights(net, layer, layer.w), layer.q,
+                       layer.y) for layer in net.layers])
+    if net.stream is not None:  # micromlp_stream.run_layer calls each layer's kernel
+        for i in range(len(net.layers)):
+            net.layers[i].fn = net.plan[i][0]
     return net
 
 
-def in_place(net, data, words=None):
+def in_place(net, data, words, parts):
     # The module form: 8-bit weights used where they are, in the module's bytes (no
     # RAM when the module is frozen or in ROMFS); 16-bit ones were copied (alignment).
-    for layer in net.layers:
+    # parts: the reader's, with each layer's weights' offset in data.
+    for i in range(len(net.layers)):
+        layer = net.layers[i]
         if layer.w is None:
             layer.w = data
-            layer.q[_W_OFF] = layer.w_pos
+            layer.q[_W_OFF] = parts[0][i][2]
     # The input table too (n float32 scales, n int32 zero points at offset 40, checked by
     # the reader), where it is word-aligned in the module's bytes: the float API reads it
     # by words, which a Cortex-M0 cannot do unaligned. Its RAM copy then goes (a

@@ -44,7 +44,7 @@ _REACH = const(0x20000000)  # 2**29: inputs and their zero points stay this clos
 _N_OUT = const(1)
 _LO = const(2)
 _HI = const(3)
-_Q = const(16)  # per channel c at _Q + 4*c: bias, mult, rnd, shift
+_Q = const(16)  # per channel c at _Q + 3*c: bias, mult, shift
 
 
 def _soft_crc32(data, crc):
@@ -233,8 +233,8 @@ def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx, version, buf):
     w, sums = _weights(r, n_in, n_out, wsize, keep & wsize, "layer %d weights" % index,
                        buf[0] if buf else None)
     zw = 128 if wsize == 1 else 0
-    q = buf[1] if buf and isinstance(buf[1], array) and len(buf[1]) == _Q + 4 * n_out \
-        else array("i", bytes(4 * (_Q + 4 * n_out)))
+    q = buf[1] if buf and isinstance(buf[1], array) and len(buf[1]) == _Q + 3 * n_out \
+        else array("i", bytes(4 * (_Q + 3 * n_out)))
     # LeakyReLU: below lf a negative value would make sm * v reach 2**30
     lr = (1 << (ss - 1)) if ss else 0
     lf = -((1 << 30) // sm - 1) if sm else 0
@@ -249,7 +249,7 @@ def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx, version, buf):
     wide_sums = 0  # a wide layer's largest sum of the inputs' high or low bytes
     for c in range(n_out):
         bc = b[c] if b is not None else 0
-        q[_Q + 4 * c] = bc
+        q[_Q + 3 * c] = bc
         bc = -bc if bc < 0 else bc
         b_max = max(b_max, bc)
         need = x_max * sums[c]
@@ -275,20 +275,17 @@ def _read_layer(r, index, n_in_expected, x_max, keep, sx, xsx, version, buf):
         m = mult[c]
         s = shift[c]
         # No product may reach 2**30. From shift 15 on the kernels split the
-        # accumulator (mult < 2**14; rnd keeps the rounding term's part above
-        # bit 15); below it they multiply it whole.
+        # accumulator (mult < 2**14; the rounding term's part above bit 15 is added
+        # to the high half's product); below it they multiply it whole.
         if s >= 15:
-            rnd = (1 << (s - 16)) if s > 15 else 0
             ok = m < 16384
-        else:
-            rnd = (1 << (s - 1)) if s else 0
-            ok = bound * m + rnd < _SMALL
+        else:  # (with the rounding term, 2**(s-1))
+            ok = bound * m + ((1 << s) >> 1) < _SMALL
         if m < 1 or s > 45 or not ok:
             raise bad("requantizer of channel %d (mult %d, shift %d) can reach 2**30" % (c, m, s))
-        j = _Q + 4 * c
+        j = _Q + 3 * c
         q[j + 1] = m
-        q[j + 2] = rnd
-        q[j + 3] = s
+        q[j + 2] = s
     out_bits = struct.unpack("<I", h[28:32])[0]
     return q, w, w_pos, wsize, act == _ACT_RELU, out_bits
 
@@ -361,12 +358,25 @@ def _check_header(h, size):
     return version
 
 
-def read(f, keep, bits, bufs=None):
+def word_bits():
+    # 64 on the unix port and CPython, 32 on MCUs: viper's int is one machine word.
+    try:
+        import sys
+
+        return 64 if sys.maxsize > 0x7FFFFFFF else 32
+    except (ImportError, AttributeError):
+        return 32
+
+
+def read(f, keep, bits=None, bufs=None):
     # Parse and check a whole model stream. keep: bit 0 keeps 8-bit weights in RAM,
-    # bit 1 16-bit ones; bits: the port's word size; bufs: per layer, a weight buffer
-    # and a q array made beforehand (micromlp._buffers), each used where it fits.
-    # Returns the layers' parts (q, w, weight offset in the file, weight bytes, relu),
-    # the input range, the output scale and the input table, for micromlp_build.build.
+    # bit 1 16-bit ones; bits: the port's word size (None: this port's); bufs: per
+    # layer, a weight buffer and a q array made beforehand (micromlp._buffers), each
+    # used where it fits. Returns the layers' parts (q, w, weight offset in the file,
+    # weight bytes, relu), the input range, the output scale, the input table and the
+    # word size, for micromlp_build.build.
+    if bits is None:
+        bits = word_bits()
     r = _Reader(f, _file_size(f))
     h = r.fill(bytearray(_HEADER_SIZE), "header")
     version = _check_header(h, r.size)
@@ -413,7 +423,7 @@ def read(f, keep, bits, bufs=None):
         raise ModelError("offset 8: size field is %d, model ends at %d" % (fsize, at + 4))
     if f.read(1):
         raise ModelError("offset %d: unexpected data after the CRC" % (at + 4))
-    return layers, in_lo, in_hi, struct.unpack("<f", h[28:32])[0], table
+    return layers, in_lo, in_hi, struct.unpack("<f", h[28:32])[0], table, bits
 
 
 # The C kernels' module, looked for here (load() drops this module again, so the search's

@@ -11,36 +11,32 @@
 
 from array import array
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
+# This module's globals are few (11: its dictionary's size before the step to 17
+# slots): the sibling modules a net imports are kept in _MODULES, a net on the C
+# kernels holds micromlp_c itself (Net.kern), and const() is only CPython's (MicroPython's
+# parser folds `_NAME = const(N)` away).
 try:
     # Inference runs with the heap locked: MicroPython then keeps a bytecode
     # function's frame on the C stack instead of allocating it (docs/format.md).
     from micropython import heap_lock as _lock
     from micropython import heap_unlock as _unlock
-except ImportError:
+except ImportError:  # CPython
+
+    def const(x):
+        return x
 
     def _lock():
         pass
 
     _unlock = _lock
 
-# micromlp_viper and micromlp_viper_layers, imported where a net needs them (a net on the
-# C kernels never does): the module, or None where the port has no viper emitter (it
-# cannot even compile them); _UNTRIED before the first try.
-_UNTRIED = 0
-_VIPER = [_UNTRIED, _UNTRIED]
-
 
 def _viper(i=0):
-    # micromlp_viper (i 0) or micromlp_viper_layers (i 1)
-    if _VIPER[i] is _UNTRIED:
+    # micromlp_viper (i 0) or micromlp_viper_layers (i 1), imported where a net needs
+    # them (a net on the C kernels never does): the module, or None where the port has
+    # no viper emitter (it cannot even compile them)
+    m = _MODULES.get(i, _MODULES)
+    if m is _MODULES:  # not tried yet
         try:
             if i:
                 import micromlp_viper_layers as m
@@ -48,15 +44,9 @@ def _viper(i=0):
                 import micromlp_viper as m
         except (ImportError, SyntaxError, NameError):
             m = None
-        _VIPER[i] = m
-    return _VIPER[i]
+        _MODULES[i] = m
+    return m
 
-
-# micromlp_c (the kernels in C, firmware/native/) where it loads, and why a
-# micromlp_c.mpy on the path was not taken: set by micromlp_build.build() from what
-# micromlp_load.native() found (the search runs in the reader, which load() drops again).
-_c = None
-C_NOTE = None
 
 # A layer's parameters as one int32 array q, shared by every kernel (on viper, from a
 # frozen model module, a view of the module's words in flash: micromlp_build._flash_q);
@@ -77,14 +67,13 @@ _SLOPE_S = const(12)  # rounding term, and the floor a negative value is clamped
 _SLOPE_RND = const(13)  # before the slope multiplies it
 _SLOPE_FLOOR = const(14)
 _WIDE = const(15)  # 1: a wide layer (the dot product in the inputs' two bytes)
-# then per channel c at _Q + 4*c: bias, mult, rnd, shift; rnd = 2**(shift-1) (0 for
-# shift 0), or from shift 15 on, 2**(shift-16) (0 for shift 15), the rounding term
-# above bit 15.
+# then per channel c at _Q + 3*c: bias, mult, shift. (The kernels make the rounding
+# term from shift: 12 bytes per channel rather than 16 in RAM.)
 _Q = const(16)
 
-# the kernels that run as bytecode: they take a caller's array of ints in range as it is
-_BYTECODE = ("native", "portable")
-_MODULES = {}  # micromlp_float and micromlp_portable, once imported
+# micromlp_float and micromlp_portable by name, micromlp_viper and micromlp_viper_layers
+# by 0 and 1 (_viper), once imported
+_MODULES = {}
 
 try:  # the front module's import of a module beside it
     from micromlp import _sibling
@@ -104,10 +93,11 @@ def _module(name):
 
 class Layer:
     """One Linear (+ optional ReLU) layer in integer form: q (its parameter array),
-    n_in, n_out, has_bias, w (bytes-like: 8-bit weights offset by 128; or array('h'):
-    16-bit), wsize (bytes per weight), relu, y (its outputs: an array for viper and C,
-    a list for the bytecode kernels), fn (its kernel where net8 does not run it) and
-    w_pos (where its weights start in the file); set by micromlp_build.py."""
+    n_in, n_out, has_bias, relu, w (bytes-like: 8-bit weights offset by 128; or
+    array('h'): 16-bit) and y (its outputs, in the first n_out items: on viper and C an
+    array shared with the layers two before and after it, a list for the bytecode
+    kernels); set by micromlp_build.py (a streaming net's layers also hold
+    what micromlp_stream.py reads and runs them with)."""
 
     def __repr__(self):
         return "Layer(%d->%d%s%s)" % (
@@ -152,9 +142,9 @@ class Net:
         # is allocated even without heap_lock) where x is an array('i'): True if it ran.
         if self.net8 is None or type(x) is not array:
             return False
+        fast = self.kern  # micromlp_c or micromlp_viper
         if self.kernel == "c":
-            return _c.net8(x, self.net8)
-        fast = _VIPER[0]
+            return fast.net8(x, self.net8)
         fast.PLAN = self.net8
         fast.SRC = x
         done = fast.net8()
@@ -168,7 +158,8 @@ class Net:
         # max run in C: no copy, and no bytecode loop over the inputs).
         if len(x) != self.n_inputs:
             raise ValueError("expected %d inputs, got %d" % (self.n_inputs, len(x)))
-        if not (self.kernel in _BYTECODE and type(x) is array and type(x[0]) is int
+        if not ((self.kernel == "portable" or self.kernel == "native")
+                and type(x) is array and type(x[0]) is int
                 and min(x) >= self.in_lo and max(x) <= self.in_hi):
             self.kern.prep(x, self.x, self.bounds, self.lim)
             x = self.x

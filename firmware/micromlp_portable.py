@@ -70,7 +70,7 @@ def linear(x, w, q, y):
         if four and o + 3 >= end:  # the last rows: the pass ending at end
             k -= (o + 4 - end) * n
             o = end - 4
-        j = _Q + 4 * o
+        j = _Q + 3 * o
         if wide:
             a0 = q[j] if bias else 0
             a1 = 0
@@ -85,9 +85,9 @@ def linear(x, w, q, y):
             a0 = a1 = a2 = a3 = -s
             if bias:
                 a0 += q[j]
-                a1 += q[j + 4]
-                a2 += q[j + 8]
-                a3 += q[j + 12]
+                a1 += q[j + 3]
+                a2 += q[j + 6]
+                a3 += q[j + 9]
             for xv in x:
                 if xv:
                     a0 += w0[k] * xv
@@ -111,17 +111,18 @@ def linear(x, w, q, y):
         # Requantize: round half up ((v + 2**(shift-1)) >> shift; >> floors), clamp.
         # From shift 15 on, v splits at bit 15 so no product reaches 2**30:
         # v * m + 2**(sh-1) == ((v >> 15) * m + r) * 2**15 + (v & 32767) * m + r_lo,
-        # r = 2**(sh-16) (0 at sh 15) from q, r_lo = 2**14 at sh 15 (else 0).
+        # r = 2**(sh-16) (0 at sh 15), r_lo = 2**14 at sh 15 (else 0). q holds no
+        # rounding terms: 2**(t-1) is (1 << t) >> 1 below 15, and 1 << (t - 1) above
+        # (1 << 30 is no small int on a 32-bit port: it would allocate).
         for v in rows:
             m = q[j + 1]
-            r = q[j + 2]
-            sh = q[j + 3]
+            sh = q[j + 2]
             if sh < 15:
-                v = (v * m + r) >> sh
+                v = (v * m + ((1 << sh) >> 1)) >> sh
             else:
-                v = (
-                    (v >> 15) * m + r + (((v & 32767) * m + (16384 if sh == 15 else 0)) >> 15)
-                ) >> (sh - 15)
+                sh -= 15
+                v = ((v >> 15) * m + ((1 << (sh - 1)) if sh else 0)
+                     + (((v & 32767) * m + (0 if sh else 16384)) >> 15)) >> sh
             if v < 0 and lm:  # LeakyReLU
                 if v < lf:
                     v = lf
@@ -132,7 +133,7 @@ def linear(x, w, q, y):
                 v = hi
             y[o] = v
             o += 1
-            j += 4
+            j += 3
 
 
 def prep(x, xq, b, lim):

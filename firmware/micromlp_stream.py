@@ -18,21 +18,25 @@ _ROW0 = const(5)
 _ROW_END = const(6)
 
 
-def setup(net, f, chunk, weights):
+def setup(net, f, chunk, build, parts):
     # Streaming needs one weight buffer that holds at least one row of every layer;
-    # weights(net, layer, buf): the view of buf layer's kernel takes
-    # (micromlp_build.weights). The caller then makes the net ready.
+    # build: micromlp_build (its weights(net, layer, buf) is the view of buf layer's
+    # kernel takes); parts: the reader's (each layer's weights' offset in the file). The
+    # caller then makes the net ready (which sets each layer's kernel, fn).
     widest = 0
     sizes = 0
-    for layer in net.layers:
-        widest = max(widest, layer.n_in * layer.wsize)
-        sizes |= layer.wsize
+    for i in range(len(net.layers)):
+        layer = net.layers[i]
+        layer.w_pos = parts[0][i][2]
+        layer.row_bytes = layer.n_in * build.wsize(layer)
+        widest = max(widest, layer.row_bytes)
+        sizes |= build.wsize(layer)
     net.chunk_bytes = max(chunk, 4 * widest)  # four rows: what the kernels take at once
     chunk8 = bytearray(net.chunk_bytes) if sizes & 1 else None
     chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None
     for layer in net.layers:  # each layer's buffer, and its kernel's view of it
-        layer.chunk_buf = chunk8 if layer.wsize == 1 else chunk16
-        layer.chunk = weights(net, layer, layer.chunk_buf)
+        layer.chunk_buf = chunk8 if build.wsize(layer) == 1 else chunk16
+        layer.chunk = build.weights(net, layer, layer.chunk_buf)
     net.stream = f
     net.stream_layer = run_layer
 
@@ -43,7 +47,7 @@ def run_layer(net, x, layer):
     f = net.stream
     q = layer.q
     n_out = layer.n_out
-    row_bytes = layer.n_in * layer.wsize
+    row_bytes = layer.row_bytes
     rows = net.chunk_bytes // row_bytes
     w = layer.chunk  # the kernel's view of the buffer (see setup)
     o = 0

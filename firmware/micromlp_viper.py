@@ -200,7 +200,7 @@ def net8() -> int:
         s = 0
         o = 0
         while o < end:
-            j = _Q + 4 * o
+            j = _Q + 3 * o
             a0 = z
             a1 = z
             a2 = z
@@ -220,14 +220,14 @@ def net8() -> int:
                 qj = ptr32(int(q) + 4 * j)
                 a0 += (qj[0] << sx) >> sx
                 if rows > 1:
-                    a1 += (qj[4] << sx) >> sx
+                    a1 += (qj[3] << sx) >> sx
                 if rows > 2:
-                    a2 += (qj[8] << sx) >> sx
-                    a3 += (qj[12] << sx) >> sx
-                    a4 += (qj[16] << sx) >> sx
-                    a5 += (qj[20] << sx) >> sx
-                    a6 += (qj[24] << sx) >> sx
-                    a7 += (qj[28] << sx) >> sx
+                    a2 += (qj[6] << sx) >> sx
+                    a3 += (qj[9] << sx) >> sx
+                    a4 += (qj[12] << sx) >> sx
+                    a5 += (qj[15] << sx) >> sx
+                    a6 += (qj[18] << sx) >> sx
+                    a7 += (qj[21] << sx) >> sx
             i = n
             w0 = ptr8(int(w) + k)
             w1 = ptr8(int(w0) + n)
@@ -285,15 +285,16 @@ def net8() -> int:
                 acc = (y[o] << sx) >> sx
                 qj = ptr32(int(q) + 4 * j)
                 m = qj[1]
-                r = qj[2]
-                sh = qj[3]
-                if sh < 15:
-                    acc = (acc * m + r) >> sh
+                sh = qj[2]
+                if sh < 15:  # (the rounding term 2**(sh-1) is (1 << sh) >> 1)
+                    acc = (acc * m + ((1 << sh) >> 1)) >> sh
                 else:  # split at bit 15 so no product reaches 2**30 (see micromlp_portable.linear)
+                    sh -= 15
                     lo15 = 0
-                    if sh == 15:
+                    if sh == 0:
                         lo15 = 16384
-                    acc = ((acc >> 15) * m + r + (((acc & 32767) * m + lo15) >> 15)) >> (sh - 15)
+                    acc = ((acc >> 15) * m + ((1 << sh) >> 1)
+                           + (((acc & 32767) * m + lo15) >> 15)) >> sh
                 if acc < 0 and lm:  # LeakyReLU
                     if acc < lf:
                         acc = lf
@@ -305,7 +306,7 @@ def net8() -> int:
                 y[o] = acc
                 s += acc
                 o += 1
-                j += 4
+                j += 3
         x = y
         li += 1
     return 1

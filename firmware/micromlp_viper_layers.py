@@ -61,7 +61,7 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
         s += (x[i] << xsx) >> xsx
     s = s << 7
     while o < end:
-        j = _Q + 4 * o
+        j = _Q + 3 * o
         acc = 0 - s
         if bias:
             acc += (q[j] << sx) >> sx
@@ -79,15 +79,15 @@ def linear8(x: ptr32, w: ptr8, q: ptr32, y: ptr32):
                     acc = int(wr[i]) * xv + acc
         k += n
         m = q[j + 1]
-        r = q[j + 2]
-        sh = q[j + 3]
-        if sh < 15:
-            acc = (acc * m + r) >> sh
+        sh = q[j + 2]
+        if sh < 15:  # (the rounding term 2**(sh-1) is (1 << sh) >> 1)
+            acc = (acc * m + ((1 << sh) >> 1)) >> sh
         else:  # split at bit 15 so no product reaches 2**30 (see micromlp_portable.linear)
+            sh -= 15
             lo15 = 0
-            if sh == 15:
+            if sh == 0:
                 lo15 = 16384
-            acc = ((acc >> 15) * m + r + (((acc & 32767) * m + lo15) >> 15)) >> (sh - 15)
+            acc = ((acc >> 15) * m + ((1 << sh) >> 1) + (((acc & 32767) * m + lo15) >> 15)) >> sh
         if acc < 0 and lm:  # LeakyReLU
             if acc < lf:
                 acc = lf
@@ -118,7 +118,7 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
     hi = (hi << sx) >> sx
     wide = q[_WIDE]
     while o < end:
-        j = _Q + 4 * o
+        j = _Q + 3 * o
         acc = 0
         if bias:
             acc = (q[j] << sx) >> sx
@@ -138,15 +138,15 @@ def linear16(x: ptr32, w: ptr16, q: ptr32, y: ptr32):
             i -= 1
             acc = ((int(wr[i]) ^ 0x8000) - 0x8000) * ((x[i] << sx) >> sx) + acc
         m = q[j + 1]
-        r = q[j + 2]
-        sh = q[j + 3]
-        if sh < 15:
-            acc = (acc * m + r) >> sh
+        sh = q[j + 2]
+        if sh < 15:  # (the rounding term 2**(sh-1) is (1 << sh) >> 1)
+            acc = (acc * m + ((1 << sh) >> 1)) >> sh
         else:  # split at bit 15 so no product reaches 2**30 (see micromlp_portable.linear)
+            sh -= 15
             lo15 = 0
-            if sh == 15:
+            if sh == 0:
                 lo15 = 16384
-            acc = ((acc >> 15) * m + r + (((acc & 32767) * m + lo15) >> 15)) >> (sh - 15)
+            acc = ((acc >> 15) * m + ((1 << sh) >> 1) + (((acc & 32767) * m + lo15) >> 15)) >> sh
         if acc < 0 and lm:  # LeakyReLU
             if acc < lf:
                 acc = lf
@@ -189,7 +189,7 @@ def linear_native(x, w, q, y):
         if four and o + 3 >= end:  # the last rows: the pass ending at end
             k -= (o + 4 - end) * n
             o = end - 4
-        j = _Q + 4 * o
+        j = _Q + 3 * o
         if wide:
             a0 = q[j] if bias else 0
             a1 = 0
@@ -204,9 +204,9 @@ def linear_native(x, w, q, y):
             a0 = a1 = a2 = a3 = -s
             if bias:
                 a0 += q[j]
-                a1 += q[j + 4]
-                a2 += q[j + 8]
-                a3 += q[j + 12]
+                a1 += q[j + 3]
+                a2 += q[j + 6]
+                a3 += q[j + 9]
             for xv in x:
                 if xv:
                     a0 += w0[k] * xv
@@ -230,17 +230,18 @@ def linear_native(x, w, q, y):
         # Requantize: round half up ((v + 2**(shift-1)) >> shift; >> floors), clamp.
         # From shift 15 on, v splits at bit 15 so no product reaches 2**30:
         # v * m + 2**(sh-1) == ((v >> 15) * m + r) * 2**15 + (v & 32767) * m + r_lo,
-        # r = 2**(sh-16) (0 at sh 15) from q, r_lo = 2**14 at sh 15 (else 0).
+        # r = 2**(sh-16) (0 at sh 15), r_lo = 2**14 at sh 15 (else 0). q holds no
+        # rounding terms: 2**(t-1) is (1 << t) >> 1 below 15, and 1 << (t - 1) above
+        # (1 << 30 is no small int on a 32-bit port: it would allocate).
         for v in rows:
             m = q[j + 1]
-            r = q[j + 2]
-            sh = q[j + 3]
+            sh = q[j + 2]
             if sh < 15:
-                v = (v * m + r) >> sh
+                v = (v * m + ((1 << sh) >> 1)) >> sh
             else:
-                v = (
-                    (v >> 15) * m + r + (((v & 32767) * m + (16384 if sh == 15 else 0)) >> 15)
-                ) >> (sh - 15)
+                sh -= 15
+                v = ((v >> 15) * m + ((1 << (sh - 1)) if sh else 0)
+                     + (((v & 32767) * m + (0 if sh else 16384)) >> 15)) >> sh
             if v < 0 and lm:  # LeakyReLU
                 if v < lf:
                     v = lf
@@ -251,7 +252,7 @@ def linear_native(x, w, q, y):
                 v = hi
             y[o] = v
             o += 1
-            j += 4
+            j += 3
 
 
 @micropython.viper

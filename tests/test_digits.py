@@ -189,3 +189,44 @@ def test_fuel_per_multiply_add_on_the_32bit_wasi_port(digits):
     assert fuel[("tiny", False)] <= 1085  # the issue's target: 1,100
     assert fuel[("portable", False)] <= 1105
     assert fuel[("portable", True)] <= 1120
+
+
+def test_loaded_net_keeps_its_records_small(digits, tmp_path):
+    # What a loaded net holds on a board is mostly dictionaries and arrays, and a
+    # dictionary grows in steps (7, 11, 17, 23 slots): the front module and the net
+    # module stay at 11 globals, a Layer at 7 attributes; q holds 3 words per output
+    # channel (bias, mult, shift: no rounding term); on viper and C, layer i writes its
+    # outputs into layer i - 2's array. Together these took digits, engine frozen on the
+    # Cortex-M3, from 6,560 to 6,144 bytes held (docs/benchmarks.md). Outputs stay
+    # bit-exact with the host reference, on every kernel.
+    import subprocess
+
+    from micromlp.host import reference
+    from micromlp.host.boards import native
+
+    _, ex = digits
+    for f in vms.firmware_files():
+        shutil.copy(f, tmp_path / f.name)
+    shutil.copy(ex.paths["mlp"], tmp_path / "model.mlp")
+    x = np.random.default_rng(3).integers(ex.model.in_lo, ex.model.in_hi + 1,
+                                          size=ex.model.n_inputs)
+    script = ("import micromlp, micromlp_net\n"
+              "print(len(micromlp.__dict__), len(micromlp_net.__dict__))\n"
+              "for k in ('viper', 'c', 'portable'):\n"
+              "    net = micromlp.load('model.mlp', kernel=k)\n"
+              "    ls = net.layers\n"
+              "    print(k, max([len(ly.__dict__) for ly in ls]),"
+              " [len(ly.q) - 16 - 3 * ly.n_out for ly in ls],"
+              f" len(set([id(ly.y) for ly in ls])), list(net.run({x.tolist()!r})))\n")
+    shutil.copy(native.module_path("x64"), tmp_path / native.MODULE)
+    out = subprocess.run([vms.unix_exe(), "-c", script], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "11 11", out
+    want = reference.run(ex.model, x[None, :]).out[0].tolist()
+    n = len(ex.model.layers)
+    assert lines[1:] == [
+        f"viper 7 {[0] * n} 2 {want}",
+        f"c 7 {[0] * n} 2 {want}",
+        f"portable 7 {[0] * n} {n} {want}",  # (lists, one per layer: faster to iterate)
+    ]

@@ -82,8 +82,8 @@ def test_the_default_kernel_is_c_where_it_loads(tmp_path, small_model):
     stdout, out = _run_with(tmp_path, small_model, native.module_path("x64").read_bytes(), None)
     assert np.array_equal(out, small_model[3])
     assert "micromlp:" not in stdout  # nothing to say
-    said = _unix("import sys; sys.path.insert(0, '.'); import micromlp, micromlp_net\n"
-                 "net = micromlp.load('model.mlp'); print(net.kernel, micromlp_net._c.ARCH)",
+    said = _unix("import sys; sys.path.insert(0, '.'); import micromlp\n"
+                 "net = micromlp.load('model.mlp'); print(net.kernel, net.kern.ARCH)",
                  tmp_path)
     assert said.split() == ["c", "x64"]
 
@@ -123,7 +123,7 @@ import sys
 sys.path.insert(0, '.')
 from array import array
 import micromlp_c as c
-q = array('i', [0] * 24)
+q = array('i', [0] * 22)  # 16 slots, then bias, mult, shift per output
 q[0] = 4; q[1] = 2; q[3] = 255; q[6] = 2; q[9] = 128   # 4 in, 2 out, rows 0..2
 x = array('i', [1, 2, 3, 4])
 y = array('i', [0, 0])
@@ -156,7 +156,7 @@ def test_c_kernels_refuse_buffers_that_do_not_fit_the_layer(tmp_path):
         "ValueError micromlp_c: w holds 7 bytes, the layer needs 8",
         "ValueError micromlp_c: x has typecode 'h', expected typecode 'i'",
         "ValueError micromlp_c: y holds 4 bytes, the layer needs 8",
-        "ValueError micromlp_c: q holds 80 bytes, the layer needs 96",
+        "ValueError micromlp_c: q holds 80 bytes, the layer needs 88",
         "ValueError micromlp_c: x is not a buffer (expected typecode 'i')",
         "ValueError micromlp_c: y is a bytearray, expected typecode 'i'",
         "ValueError micromlp_c: w holds 8 bytes, the layer needs 2147483655",

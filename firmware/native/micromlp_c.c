@@ -116,19 +116,20 @@ static int32_t *params(mp_obj_t o) {
         || q[ROW0] > q[ROW_END] || q[ROW_END] > q[N_OUT] || q[W_OFF] < 0) {
         mp_raise_ValueError(MP_ERROR_TEXT("micromlp_c: q does not describe a layer"));
     }
-    return buffer(o, 'i', span(0, Q + 4 * q[N_OUT], 4), "q");
+    return buffer(o, 'i', span(0, Q + 3 * q[N_OUT], 4), "q");
 }
 
-// round((acc) * mult / 2**shift) with the channel's c = (bias, mult, rnd, shift), then
+// round((acc) * mult / 2**shift) with the channel's c = (bias, mult, shift), then
 // LeakyReLU and the clamp: micromlp_portable.linear's epilogue. From shift 15 on, acc splits
-// at bit 15 so no product reaches 2**30.
+// at bit 15 so no product reaches 2**30. The rounding term 2**(t-1) is (1 << t) >> 1.
 static int32_t requantize(int32_t acc, const int32_t *c, const int32_t *q) {
-    int32_t m = c[1], r = c[2], sh = c[3];
+    int32_t m = c[1], sh = c[2];
     if (sh < 15) {
-        acc = (acc * m + r) >> sh;
+        acc = (acc * m + ((1 << sh) >> 1)) >> sh;
     } else {
-        acc = ((acc >> 15) * m + r + (((acc & 32767) * m + (sh == 15 ? 16384 : 0)) >> 15))
-              >> (sh - 15);
+        sh -= 15;
+        acc = ((acc >> 15) * m + ((1 << sh) >> 1) + (((acc & 32767) * m + (sh ? 0 : 16384)) >> 15))
+              >> sh;
     }
     if (acc < 0 && q[SLOPE_M]) {
         if (acc < q[SLOPE_FLOOR]) {
@@ -234,9 +235,9 @@ static void layer8(const int32_t *x, const uint8_t *u, const int32_t *q, int32_t
     for (int32_t o = q[ROW0]; o < q[ROW_END]; o += 4) {
         int32_t rows = q[ROW_END] - o < 4 ? q[ROW_END] - o : 4;
         int32_t a[4];
-        const int32_t *c = q + Q + 4 * o;
+        const int32_t *c = q + Q + 3 * o;
         for (int32_t r = 0; r < 4; r++) {
-            a[r] = (r < rows && q[HAS_BIAS] ? c[4 * r] : 0) - s;
+            a[r] = (r < rows && q[HAS_BIAS] ? c[3 * r] : 0) - s;
         }
         if (rows == 4) {
             int32_t i = 0;
@@ -257,7 +258,7 @@ static void layer8(const int32_t *x, const uint8_t *u, const int32_t *q, int32_t
             }
         }
         for (int32_t r = 0; r < rows; r++) {
-            y[o + r] = requantize(a[r], c + 4 * r, q);
+            y[o + r] = requantize(a[r], c + 3 * r, q);
         }
         u += rows * n;
     }
@@ -268,7 +269,7 @@ static void layer8(const int32_t *x, const uint8_t *u, const int32_t *q, int32_t
 static void layer16(const int32_t *x, const int16_t *w, const int32_t *q, int32_t *y) {
     int32_t n = q[N_IN];
     for (int32_t o = q[ROW0]; o < q[ROW_END]; o++, w += n) {
-        const int32_t *c = q + Q + 4 * o;
+        const int32_t *c = q + Q + 3 * o;
         int32_t acc = q[HAS_BIAS] ? c[0] : 0;
         if (q[WIDE]) {
             int32_t low = 0;
