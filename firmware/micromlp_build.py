@@ -62,7 +62,7 @@ def build(parts, kernel, native=(None, None)):
 
 def _layer(q, w, relu, y):
     # (seven attributes: an instance's dictionary has 7 slots, then 11; the weights'
-    # size is in q (its zero point), their place in the file in the reader's parts)
+    # size comes from their type (wsize), their place in the file from the reader's parts)
     layer = N.Layer()
     layer.q = q
     layer.n_in = q[_N_IN]

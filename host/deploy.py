@@ -244,11 +244,12 @@ def local_mpy_version() -> int:
 
 
 def model_ram(model: QuantModel, stream: bool) -> int:
-    """Rough bytes of heap the model takes once loaded (32-bit board)."""
+    """Rough bytes of heap the model takes once loaded (32-bit board): the weights, each
+    layer's q (12 bytes per output channel), the outputs and inputs."""
     chans = sum(layer.n_out for layer in model.layers)
     weights = 0 if stream else sum(layer.w.size * layer.w_bits // 8 for layer in model.layers)
     widest = max(layer.n_in for layer in model.layers)
-    return weights + 16 * chans + 8 * (chans + model.n_inputs) + (4 * widest if stream else 0) + 600
+    return weights + 12 * chans + 8 * (chans + model.n_inputs) + (4 * widest if stream else 0) + 600
 
 
 def tiny_ram(model: QuantModel, stream: bool) -> int:
