@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .vms import MCU_VMS
+
 PROG = "micromlp"
 
 
@@ -44,7 +46,7 @@ def _hidden(text: str) -> list[int]:
 
 
 BENCH_VMS = ("unix", "webassembly", "wasm")
-MCU_BENCH_VMS = ("cortex-m3", "cortex-m7", "cortex-m0")  # host/boards/mcubench.py
+MCU_BENCH_VMS = MCU_VMS  # host/boards/mcubench.py
 
 
 def _bench_vms(text: str) -> tuple[str, ...]:
@@ -774,7 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emulate", required=True, choices=KINDS,
                    help="serial: the MicroPython unix port behind a pty (socat); microbit: "
                    "a BBC micro:bit v1 in QEMU (Debian's MicroPython 1.9.2); cortex-m3, "
-                   "cortex-m7, cortex-m0: MicroPython's own qemu boards, built from source "
+                   "cortex-m7, cortex-m55, cortex-m0: MicroPython's own qemu boards, built "
+                   "from source "
                    "on first use")
     p.add_argument("--files", metavar="DIR", help="serial: where copied files land "
                    "(default: a temporary folder)")

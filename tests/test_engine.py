@@ -198,7 +198,7 @@ for out in (array('i', [7] * 6), [0] * 4, array('i', [7] * 3), [0] * 3):
 
 # MicroPython's own Cortex-M boards in QEMU (host/boards/mcu.py): every architecture of
 # the matrix in one boot per kernel. The M0 has no viper or native emitter.
-MCU_BACKENDS = [(board, kernel, stream) for board in ("cortex-m3", "cortex-m7")
+MCU_BACKENDS = [(board, kernel, stream) for board in ("cortex-m3", "cortex-m7", "cortex-m55")
                 for kernel, stream in (("c", False), ("c", True), ("viper", False),
                                        ("native", False), ("portable", False),
                                        ("viper", True), ("tiny", False))] + [

@@ -104,8 +104,9 @@ except ValueError as e:
 CONFIGS = [("cpython", None), ("unix", "viper"), ("unix", "native"), ("unix", "portable"),
            ("wasm", "portable"), ("unix", "tiny"), ("wasm", "tiny"), ("cpython", "tiny"),
            # MicroPython's own Cortex-M boards in QEMU (32-bit; single-precision floats
-           # on the M3 and M0, double on the M7)
-           ("cortex-m3", "viper"), ("cortex-m7", "native"), ("cortex-m0", "portable"),
+           # on the M3, M55 and M0, double on the M7)
+           ("cortex-m3", "viper"), ("cortex-m7", "native"), ("cortex-m55", "viper"),
+           ("cortex-m0", "portable"),
            ("cortex-m3", "tiny"),
            # the module form: the input table read in place from the module's bytes
            ("unix", "viper+module"), ("cortex-m3", "viper+module"),

@@ -17,14 +17,24 @@ from micromlp.host.boards import mcu
 from micromlp.host.cli import main as cli
 
 
-def test_verify_on_cortex_m3_and_m7_is_bit_exact(digits, capsys):
+def test_verify_on_cortex_m3_m7_and_m55_is_bit_exact(digits, capsys):
     tr, ex = digits
     code = cli(["verify", str(ex.paths["mlp"]), "--data", str(tr.data_path), "--vm",
-                "cortex-m3,cortex-m7"])
+                "cortex-m3,cortex-m7,cortex-m55"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "cortex-m3 vs reference: 100.00 % identical  (bit-exact)" in out
-    assert "cortex-m7 vs reference: 100.00 % identical  (bit-exact)" in out
+    for board in ("cortex-m3", "cortex-m7", "cortex-m55"):
+        assert f"{board} vs reference: 100.00 % identical  (bit-exact)" in out
+
+
+def test_a_board_that_does_not_build_here_is_refused_with_the_reason(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["bench", "model.mlp", "--vm", "cortex-m3,rv32"])
+    assert e.value.code == 2
+    assert "rv32 is not built here: Debian's RISC-V compiler has no C library" in (
+        capsys.readouterr().err)
+    with pytest.raises(mcu.BoardError, match="unknown MCU board 'rv32' .*picolibc"):
+        mcu.board("rv32")
 
 
 def test_frozen_firmware_runs_the_model_with_no_file(digits, tmp_path, capsys):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import vms
 
-KINDS = ("serial", "microbit", "cortex-m3", "cortex-m7", "cortex-m0")
+KINDS = ("serial", "microbit") + vms.MCU_VMS
 
 
 class BoardError(RuntimeError):
@@ -67,7 +67,8 @@ def emulate(kind: str, files: str | Path | None = None,
             firmware: str | Path | None = None) -> EmulatedBoard:
     """Start an emulated board: "serial" (files land in `files`, a new temporary folder
     by default), "microbit", or an MCU board from MicroPython's source (cortex-m3,
-    cortex-m7, cortex-m0; `firmware`: an ELF to boot instead of the plain build)."""
+    cortex-m7, cortex-m55, cortex-m0; `firmware`: an ELF to boot instead of the plain
+    build)."""
     if kind == "microbit":
         proc, port = start_qemu_microbit()
         return EmulatedBoard(kind, port, proc)

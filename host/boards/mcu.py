@@ -45,6 +45,7 @@ class McuBoard:
     romfs: int  # where QEMU loads a ROMFS image of the files a run needs (unused memory)
     romfs_max: int  # its size limit
     qemu_args: tuple[str, ...] = ()
+    make_args: tuple[str, ...] = ()  # what its firmware build needs beside BOARD=
 
     @property
     def native(self) -> str | None:
@@ -62,6 +63,12 @@ BOARDS = {
                  0x200000, 0x100000),
         McuBoard("cortex-m7", "MPS2_AN500", "mps2-an500", "Cortex-M7", "armv7emdp", True,
                  0x200000, 0x100000),
+        # the MPS3 board runs from its 2 MB of RAM at 0x01000000; its DTCM (512 KB at
+        # 0x20000000) is unused. Built with single-precision floats: the port's
+        # double-precision libm does not compile with Debian's newlib (double_t unknown
+        # in lib/libm_dbl/log.c). Its FPU is the M7's, so its native code is armv7emdp
+        McuBoard("cortex-m55", "MPS3_AN547", "mps3-an547", "Cortex-M55", "armv7emdp", True,
+                 0x20000000, 0x80000, make_args=("MICROPY_FLOAT_IMPL=float",)),
         # modern MicroPython on an nRF51 (this build gives it 256 KB of SRAM); Thumb-1
         # only: MicroPython has no native emitter for armv6m, so no viper. Its 1 MB of
         # flash holds the ~170 KB firmware from 0
@@ -71,14 +78,12 @@ BOARDS = {
                   "-global", "nrf51-soc.sram-size=262144")),
     )
 }
-# Tried and not built here (shared/micropython/README.md): MPS3_AN547 (Cortex-M55) fails
-# in lib/libm_dbl with Debian's newlib; VIRT_RV32 links the 64-bit libgcc of Debian's
-# multilib RISC-V toolchain.
+# Tried and not built here (shared/micropython/README.md): VIRT_RV32 links the 64-bit
+# libgcc of Debian's multilib RISC-V toolchain.
 NOT_BUILT = {
-    "cortex-m55": "MPS3_AN547 does not build with Debian's newlib (double_t unknown in "
-                  "lib/libm_dbl/log.c)",
-    "rv32": "VIRT_RV32 links against the 64-bit libgcc and crt0 of Debian's multilib "
-            "RISC-V toolchain (ELFCLASS64 incompatible)",
+    "rv32": "Debian's RISC-V compiler has no C library without picolibc (about 1 GB), and "
+            "with it VIRT_RV32 links against the 64-bit libgcc and crt0 of its multilib "
+            "toolchain (ELFCLASS64 incompatible)",
 }
 
 
@@ -187,7 +192,7 @@ def firmware(name: str, manifest: Path | None = None) -> Path:
     (lib / "README.md").write_text("an empty micropython-lib for frozen manifests\n")
     with _locked(f"build-{b.board}"):
         args = [f"BOARD={b.board}", f"BUILD={build}", f"MPY_LIB_DIR={lib}",
-                f"FROZEN_MANIFEST={manifest or ''}"]
+                f"FROZEN_MANIFEST={manifest or ''}", *b.make_args]
         _make(args, f"MicroPython {VERSION} for {b.name} ({b.board})", tree / "ports" / "qemu")
     return elf
 
