@@ -27,10 +27,11 @@ def setup(net, f, chunk, build, parts):
     sizes = 0
     for i in range(len(net.layers)):
         layer = net.layers[i]
+        size = build.wsize(layer)
         layer.w_pos = parts[0][i][2]
-        layer.row_bytes = layer.n_in * build.wsize(layer)
+        layer.row_bytes = layer.n_in * size
         widest = max(widest, layer.row_bytes)
-        sizes |= build.wsize(layer)
+        sizes |= size
     net.chunk_bytes = max(chunk, 4 * widest)  # four rows: what the kernels take at once
     chunk8 = bytearray(net.chunk_bytes) if sizes & 1 else None
     chunk16 = array("h", bytes(net.chunk_bytes)) if sizes & 2 else None

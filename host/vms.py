@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 # MicroPython's own Cortex-M boards in QEMU, built from source on first use
-MCU_VMS = ("cortex-m3", "cortex-m7", "cortex-m55", "cortex-m0")  # host/boards/mcu.py
+MCU_VMS = ("cortex-m3", "cortex-m7", "cortex-m55", "cortex-m0")  # mcu.BOARDS (tests/test_mcu.py)
 VM_NAMES = ("reference", "cpython", "unix", "wasm", "webassembly") + MCU_VMS
 FIRMWARE_VMS = ("cpython", "unix", "wasm")  # verify's default; the others on request
 ALL_FIRMWARE_VMS = FIRMWARE_VMS + ("webassembly",) + MCU_VMS

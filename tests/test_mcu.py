@@ -27,6 +27,14 @@ def test_verify_on_cortex_m3_m7_and_m55_is_bit_exact(digits, capsys):
         assert f"{board} vs reference: 100.00 % identical  (bit-exact)" in out
 
 
+def test_the_vm_names_are_the_boards_that_build():
+    # host/vms.py names the boards by hand (it cannot import host/boards at its top:
+    # host/boards imports it); they must be mcu.BOARDS, in its order
+    from micromlp.host import vms
+
+    assert vms.MCU_VMS == tuple(mcu.BOARDS)
+
+
 def test_a_board_that_does_not_build_here_is_refused_with_the_reason(capsys):
     with pytest.raises(SystemExit) as e:
         cli(["bench", "model.mlp", "--vm", "cortex-m3,rv32"])
